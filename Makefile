@@ -1,0 +1,58 @@
+# Explainability-as-Code on Airflow — the two commands a new user needs: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export XAC_HOME ?= $(CURDIR)/.xac
+export AIRFLOW_HOME ?= $(XAC_HOME)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
+export AIRFLOW__CORE__UNIT_TEST_MODE ?= False
+export GX_ANALYTICS_ENABLED ?= false
+export PYTHONDONTWRITEBYTECODE ?= 1
+
+.PHONY: help venv samples demo test lint bench s3 clean
+
+help:
+	@echo "make demo   - set up .venv, sample data and models, run every sample DAG, verify the bundles"
+	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make lint   - ruff"
+	@echo "make bench  - benchmarks (bench/)"
+	@echo "make s3     - start the loopback S3 server in the background (stop: make s3-stop)"
+
+# The venv is rebuilt only when the pins change (idempotent).
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+venv: $(STAMP)
+
+samples: venv
+	$(VENV)/bin/xac samples prepare
+
+demo: venv
+	$(PY) scripts/demo.py
+
+test: venv
+	scripts/run_tests.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: venv
+	$(PY) bench/bench_dag_parse.py
+	$(PY) bench/bench_demo.py
+
+s3: venv
+	$(PY) -m include.embedded.s3_server start
+
+s3-stop: venv
+	$(PY) -m include.embedded.s3_server stop
+
+clean:
+	rm -rf $(XAC_HOME)

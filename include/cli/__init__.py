@@ -1,0 +1,1 @@
+"""The ``xac`` command line (``python -m include.cli``)."""

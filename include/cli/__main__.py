@@ -1,0 +1,5 @@
+import sys
+
+from include.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,304 @@
+"""``xac``: the command line of Explainability-as-Code.
+
+Exit codes are a public interface (CI pipelines and auditors script against them):
+0 success; 1 a check failed (invalid config, failed expectation, bundle that does not verify,
+unpriceable pod); 2 usage error (bad arguments); 3 the operation could not run (missing model,
+unreachable storage, unexpected error).
+
+Sub-commands import what they need when they run, so ``xac config validate`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ERROR = 3
+
+
+def _config_paths(paths: Sequence[str]) -> list[Path]:
+    from include.configuration import discover_config_files
+
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        out.extend(discover_config_files(path) if path.is_dir() else [path])
+    return out
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    from include.configuration import ConfigError, load_config
+
+    files = _config_paths(args.paths)
+    if not files:
+        print("no configuration files found", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    failed = 0
+    names: dict[str, Path] = {}
+    for path in files:
+        try:
+            loaded = load_config(path)
+        except ConfigError as exc:
+            failed += 1
+            for problem in exc.problems:
+                print(problem)
+            continue
+        if loaded.name in names:
+            failed += 1
+            print(f"{path}:1: metadata.name: {loaded.name!r} is already used by {names[loaded.name]}")
+            continue
+        names[loaded.name] = path
+        if not args.quiet:
+            extra = (
+                f" (policy defaults: {', '.join(loaded.defaults_applied)})" if loaded.defaults_applied else ""
+            )
+            print(f"{path}: ok: {loaded.name}{extra}", file=sys.stderr)
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from include.configuration import json_schema
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def _parse_shard(value: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes i/n (e.g. 0/4), not {value!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard {value}: need 0 <= i < n")
+    return index, count
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from include.configuration import ConfigError, load_config
+    from include.orchestration.explain_job import ExplainJobError, run_explain_job
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    try:
+        summary = run_explain_job(
+            loaded,
+            out_dir=Path(args.out),
+            inference_uri=args.inference,
+            background_uri=args.background,
+            model_version=args.model_version,
+            inference_ids=args.inference_ids,
+            sample_budget=args.sample_budget,
+            seed=args.seed,
+            shard=args.shard,
+        )
+    except ExplainJobError as exc:
+        print(f"xac explain: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(json.dumps(summary, indent=2, default=str))
+    return EXIT_OK
+
+
+def _s3():
+    from include.storage import s3_client
+
+    return s3_client()
+
+
+def _public_key(path: str | None) -> bytes:
+    from include.storage import default_public_key_path
+
+    key_path = Path(path) if path else default_public_key_path()
+    if not key_path.is_file():
+        raise FileNotFoundError(
+            f"public key {key_path} not found: pass --public-key PATH (the key published beside the bundles)"
+        )
+    return key_path.read_bytes()
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> int:
+    from include.compliance import verify_bundle
+
+    try:
+        key = _public_key(args.public_key)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_ERROR
+    target = args.target
+    report = verify_bundle(
+        target, public_key_pem=key, s3_client=_s3() if target.startswith("s3://") else None
+    )
+    for problem in report.problems:
+        print(f"FAIL {problem}")
+    if report.ok:
+        print(
+            f"verified: {target} bundle {report.bundle_id} "
+            f"({report.files_checked} files, {report.bytes_checked} bytes)"
+        )
+        return EXIT_OK
+    print(f"NOT verified: {target} ({len(report.problems)} problem(s))")
+    return EXIT_CHECK_FAILED
+
+
+def _default_buckets() -> list[str]:
+    from include.configuration import ConfigError, discover_config_files, load_config
+
+    buckets: list[str] = []
+    for path in discover_config_files():
+        try:
+            bucket = load_config(path).config.spec.storage.bucket
+        except ConfigError:
+            continue
+        if bucket not in buckets:
+            buckets.append(bucket)
+    return buckets
+
+
+def cmd_bundle_list(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from include.compliance import list_bundles
+
+    since = None
+    if args.since:
+        since = datetime.fromisoformat(args.since)
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+    client = _s3()
+    rows = []
+    for bucket in [args.bucket] if args.bucket else _default_buckets():
+        for summary in list_bundles(client, bucket, prefix=args.prefix or "", model=args.model, since=since):
+            rows.append(summary)
+    if args.json:
+        print(json.dumps([_as_dict(r) for r in rows], indent=2, default=str))
+    else:
+        for r in rows:
+            d = _as_dict(r)
+            fields = (d.get("created_at"), d.get("model"), str(d.get("bundle_id"))[:16], d.get("uri"))
+            print("\t".join(str(f) for f in fields))
+    return EXIT_OK
+
+
+def _as_dict(obj: object) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    return dict(obj)  # type: ignore[call-overload]
+
+
+def cmd_bundle_download(args: argparse.Namespace) -> int:
+    from include.compliance import download_bundle
+
+    path = download_bundle(_s3(), args.uri, Path(args.to))
+    print(path)
+    return EXIT_OK
+
+
+def cmd_provenance_check(args: argparse.Namespace) -> int:
+    from include.configuration import ConfigError, load_config
+    from include.orchestration.pipeline import run_provenance_for_config
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    result = run_provenance_for_config(loaded, out_dir=Path(args.out), inference_ids=args.inference_ids)
+    print(result.summary)
+    print(("PASSED" if result.passed else "FAILED") + f": provenance written to {result.provenance_path}")
+    return EXIT_OK if result.passed else EXIT_CHECK_FAILED
+
+
+def cmd_samples_prepare(args: argparse.Namespace) -> int:
+    from include.orchestration.setup import prepare_samples
+
+    for line in prepare_samples(force=args.force):
+        print(line)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xac", description="Explainability-as-Code command line.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="validate configurations, export the schema")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    validate = config_sub.add_parser("validate", help="validate ExplainerConfiguration files or folders")
+    validate.add_argument("paths", nargs="+", metavar="PATH")
+    validate.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    validate.set_defaults(func=cmd_config_validate)
+    schema = config_sub.add_parser("schema", help="print the JSON Schema of ExplainerConfiguration")
+    schema.set_defaults(func=cmd_config_schema)
+
+    explain = sub.add_parser("explain", help="run the explainer (the pod's entrypoint)")
+    explain.add_argument("--config", required=True, metavar="PATH")
+    explain.add_argument("--out", required=True, metavar="DIR")
+    explain.add_argument("--inference", metavar="URI", help="inference frame (Parquet path or s3:// URI)")
+    explain.add_argument("--background", metavar="URI", help="background frame (Parquet path or s3:// URI)")
+    explain.add_argument("--model-version", metavar="V")
+    explain.add_argument("--inference-ids", nargs="+", metavar="ID")
+    explain.add_argument("--sample-budget", type=int, metavar="N", help="override numSamples / steps")
+    explain.add_argument("--seed", type=int)
+    explain.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="i/n")
+    explain.set_defaults(func=cmd_explain)
+
+    bundle = sub.add_parser("bundle", help="list, download and verify compliance bundles")
+    bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)
+    verify = bundle_sub.add_parser("verify", help="verify a bundle folder or s3:// URI")
+    verify.add_argument("target", metavar="PATH_OR_S3_URI")
+    verify.add_argument("--public-key", metavar="PATH")
+    verify.set_defaults(func=cmd_bundle_verify)
+    listing = bundle_sub.add_parser("list", help="list complete bundles")
+    listing.add_argument("--bucket", help="default: every bucket named by the configs")
+    listing.add_argument("--prefix")
+    listing.add_argument("--model")
+    listing.add_argument("--since", metavar="DATE", help="ISO date or timestamp")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_bundle_list)
+    download = bundle_sub.add_parser("download", help="download a bundle")
+    download.add_argument("uri", metavar="S3_URI")
+    download.add_argument("--to", default=".", metavar="DIR")
+    download.set_defaults(func=cmd_bundle_download)
+
+    provenance = sub.add_parser("provenance", help="feature-store provenance and data validation")
+    provenance_sub = provenance.add_subparsers(dest="provenance_command", required=True)
+    check = provenance_sub.add_parser("check", help="run the provenance stage alone (exit 1 on failure)")
+    check.add_argument("--config", required=True, metavar="PATH")
+    check.add_argument("--out", default=os.environ.get("TMPDIR", "/tmp") + "/xac-provenance", metavar="DIR")
+    check.add_argument("--inference-ids", nargs="+", metavar="ID")
+    check.set_defaults(func=cmd_provenance_check)
+
+    samples = sub.add_parser("samples", help="sample data and models of the embedded default")
+    samples_sub = samples.add_subparsers(dest="samples_command", required=True)
+    prepare = samples_sub.add_parser("prepare", help="write feature data, apply the Feast repo, train models")
+    prepare.add_argument("--force", action="store_true")
+    prepare.set_defaults(func=cmd_samples_prepare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last resort: one readable line, exit code 3
+        if os.environ.get("XAC_DEBUG"):
+            raise
+        print(f"xac: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

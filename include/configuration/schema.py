@@ -1,0 +1,313 @@
+"""The ExplainerConfiguration schema (pydantic v2); `xac config schema` exports it as JSON Schema.
+
+Field names are the YAML keys themselves (camelCase, as users write them), so a validation
+error's location is directly the path in the file. Every model forbids unknown fields: a typo
+is an error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+API_VERSION = "ai.apexlogic.com/v1alpha1"
+KIND = "ExplainerConfiguration"
+
+# Placeholders a storage path template may use; anything else is refused at validation time.
+PATH_PLACEHOLDERS: frozenset[str] = frozenset(
+    {"model_name", "model_version", "inference_id", "config_name", "namespace"}
+)
+
+SHAP_METHODS = ("KernelSHAP",)
+CAPTUM_METHODS = ("IntegratedGradients",)
+METHODS_BY_TYPE: dict[str, tuple[str, ...]] = {"SHAP": SHAP_METHODS, "Captum": CAPTUM_METHODS}
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+_EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+_CPU_RE = re.compile(r"^([0-9]+(\.[0-9]+)?)(m)?$")
+_MEMORY_RE = re.compile(r"^([0-9]+(\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_MEMORY_FACTORS = {
+    None: 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+MAX_CPU_CORES = 512
+MAX_MEMORY_BYTES = 4 * 2**40
+MAX_GPUS = 16
+
+
+def parse_cpu(value: str) -> float:
+    """Kubernetes CPU quantity ("200m", "1", "0.5") → cores."""
+    match = _CPU_RE.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a CPU quantity (examples: '200m', '1', '2.5')")
+    cores = float(match.group(1)) / (1000 if match.group(3) else 1)
+    if cores <= 0:
+        raise ValueError("must be greater than 0")
+    if cores > MAX_CPU_CORES:
+        raise ValueError(f"{value!r} is more than {MAX_CPU_CORES} cores")
+    return cores
+
+
+def parse_memory(value: str) -> int:
+    """Kubernetes memory quantity ("512Mi", "2Gi", "1G", "1048576") → bytes."""
+    match = _MEMORY_RE.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a memory quantity (examples: '512Mi', '2Gi')")
+    amount = float(match.group(1)) * _MEMORY_FACTORS[match.group(3)]
+    if amount <= 0:
+        raise ValueError("must be greater than 0")
+    if amount > MAX_MEMORY_BYTES:
+        raise ValueError(f"{value!r} is more than 4Ti")
+    return int(amount)
+
+
+def parse_gpu(value: str) -> Decimal:
+    """GPU count: whole GPUs ("1", "2") or a fraction of one ("0.1": a MIG slice or time-sliced share)."""
+    try:
+        amount = Decimal(value.strip())
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a number of GPUs (examples: '1', '0.5')") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError("must be 0 or more")
+    if amount > 1 and amount != amount.to_integral_value():
+        raise ValueError(
+            f"{value!r}: more than one GPU must be a whole number; nvidia.com/gpu cannot be scheduled "
+            "as a fraction above 1 (fractions below 1 map to a MIG profile or time-sliced share)"
+        )
+    if amount > MAX_GPUS:
+        raise ValueError(f"{value!r} is more than {MAX_GPUS} GPUs")
+    return amount
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+
+class Metadata(StrictModel):
+    name: Annotated[str, Field(pattern=_DNS_LABEL, description="DNS label; becomes the DAG id.")]
+    namespace: Annotated[str | None, Field(pattern=_DNS_LABEL)] = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ExplainerSettings(StrictModel):
+    """`spec.explainerConfig`: the method and its parameters (which apply depends on the method)."""
+
+    method: Literal["KernelSHAP", "IntegratedGradients"] = Field(
+        description="KernelSHAP (explainerType SHAP) or IntegratedGradients (explainerType Captum)."
+    )
+    numSamples: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None, description="KernelSHAP: coalitions sampled per explained row (default 500)."
+    )
+    backgroundDataStrategy: Literal["random_subset", "kmeans", "all"] = "random_subset"
+    backgroundDataSubsetSize: Annotated[int, Field(ge=1, le=100_000)] = 100
+    imageSuperpixel: Annotated[int, Field(ge=1, le=8)] | None = Field(
+        default=None, description="KernelSHAP on images: side of the square pixel groups (default 2)."
+    )
+    steps: Annotated[int, Field(ge=2, le=10_000)] | None = Field(
+        default=None, description="IntegratedGradients: integration steps (default 50)."
+    )
+    integrationMethod: (
+        Literal["gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"]
+        | None
+    ) = None
+    baseline: Literal["zeros", "background_mean"] | None = None
+    internalBatchSize: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+
+
+class InferenceServiceRef(StrictModel):
+    name: Annotated[str, Field(pattern=_DNS_LABEL)]
+    namespace: Annotated[str | None, Field(pattern=_DNS_LABEL)] = None
+
+
+class Integration(StrictModel):
+    inferenceServiceRef: InferenceServiceRef | None = None
+    explanationEndpoint: Annotated[str | None, Field(pattern=r"^/[A-Za-z0-9_./-]*$")] = None
+
+
+class Storage(StrictModel):
+    type: Literal["s3"] = "s3"
+    bucket: Annotated[str, Field(pattern=_BUCKET, description="S3 bucket name.")]
+    path: str = Field(
+        description=(
+            "Key template of one explanation. Placeholders: "
+            + ", ".join(sorted("{" + p + "}" for p in PATH_PLACEHOLDERS))
+            + "; {inference_id} must be in the file name."
+        )
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _known_placeholders(cls, template: str) -> str:
+        try:
+            fields = [
+                (name, spec, conv) for _, name, spec, conv in string.Formatter().parse(template) if name
+            ]
+        except ValueError as exc:
+            raise ValueError(f"path template {template!r} is malformed: {exc}") from None
+        unknown = sorted({name for name, _, _ in fields if name not in PATH_PLACEHOLDERS})
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {', '.join('{' + u + '}' for u in unknown)}; "
+                f"allowed: {', '.join(sorted('{' + p + '}' for p in PATH_PLACEHOLDERS))}"
+            )
+        if any(spec or conv for _, spec, conv in fields):
+            raise ValueError("placeholders take no format spec or conversion (write {model_version})")
+        if template.startswith("/") or ".." in template.split("/"):
+            raise ValueError("path template must be relative and must not contain '..'")
+        directory, _, file_name = template.rpartition("/")
+        if "{inference_id}" not in file_name:
+            raise ValueError("the file name (last path segment) must contain {inference_id}")
+        if "{inference_id}" in directory:
+            raise ValueError("{inference_id} may only appear in the file name, not in a folder")
+        return template
+
+
+class ResourceRequirements(StrictModel):
+    cpu: str = "1"
+    memory: str = "1Gi"
+    gpu: str | int | float = "0"
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str) -> str:
+        parse_cpu(value)
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        parse_memory(value)
+        return value
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, value: str | int | float) -> str:
+        if isinstance(value, bool):
+            raise ValueError("must be a number of GPUs, not a boolean")
+        parse_gpu(str(value))
+        return str(value)
+
+    @property
+    def cpu_cores(self) -> float:
+        return parse_cpu(self.cpu)
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_memory(self.memory)
+
+    @property
+    def gpu_count(self) -> float:
+        return float(parse_gpu(str(self.gpu)))
+
+
+class Monitoring(StrictModel):
+    enabled: bool = True
+    alertOnFidelityDrop: bool = False
+    fidelityThreshold: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
+        default=None, description="Minimum fidelity score in [0, 1]; its meaning per method is in README."
+    )
+
+
+class Owner(StrictModel):
+    team: Annotated[str, Field(min_length=1, max_length=128)]
+    email: Annotated[str, Field(pattern=_EMAIL)]
+    costCenter: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+
+class Budget(StrictModel):
+    maxCostPerRun: Annotated[float, Field(gt=0, le=1_000_000)]
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+
+
+class InferenceSelection(StrictModel):
+    ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, description="Entity keys to explain by default (a run's Param overrides)."
+    )
+    count: Annotated[int, Field(ge=1, le=100_000)] = 8
+
+
+class AirflowSettings(StrictModel):
+    schedule: str | None = None
+    retries: Annotated[int, Field(ge=0, le=20)] = 2
+    retryDelaySeconds: Annotated[int, Field(ge=0, le=86_400)] = 30
+    tags: list[str] = Field(default_factory=list)
+
+
+class Spec(StrictModel):
+    modelName: Annotated[str, Field(min_length=1, max_length=128)]
+    modelVersion: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
+    featureService: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    # Optional in the schema so that the policy gate, not the parser, names what is missing.
+    explainerType: Literal["SHAP", "Captum"] | None = None
+    explainerConfig: ExplainerSettings | None = None
+    integration: Integration | None = None
+    outputFormat: Literal["json", "parquet"] = "json"
+    storage: Storage
+    resourceRequirements: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+    owner: Owner | None = None
+    budget: Budget | None = None
+    inference: InferenceSelection = Field(default_factory=InferenceSelection)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
+
+
+class ExplainerConfiguration(StrictModel):
+    apiVersion: Literal["ai.apexlogic.com/v1alpha1"]
+    kind: Literal["ExplainerConfiguration"]
+    metadata: Metadata
+    spec: Spec
+
+
+Location = tuple[str | int, ...]
+
+
+def semantic_problems(config: ExplainerConfiguration) -> list[tuple[Location, str]]:
+    """Checks across fields, each reported at the field a user must change."""
+    spec = config.spec
+    problems: list[tuple[Location, str]] = []
+    settings = spec.explainerConfig
+    if settings is not None:
+        if spec.explainerType is not None and settings.method not in METHODS_BY_TYPE[spec.explainerType]:
+            allowed = ", ".join(METHODS_BY_TYPE[spec.explainerType])
+            problems.append(
+                (
+                    ("spec", "explainerConfig", "method"),
+                    f"{settings.method!r} is not a {spec.explainerType} method (use one of: {allowed})",
+                )
+            )
+        shap_only = ("numSamples", "imageSuperpixel")
+        ig_only = ("steps", "integrationMethod", "baseline", "internalBatchSize")
+        for name in shap_only if settings.method in CAPTUM_METHODS else ig_only:
+            if getattr(settings, name) is not None:
+                problems.append(
+                    (("spec", "explainerConfig", name), f"does not apply to method {settings.method}")
+                )
+    suffix = spec.storage.path.rsplit(".", 1)[-1] if "." in spec.storage.path else ""
+    if suffix in {"json", "parquet"} and suffix != spec.outputFormat:
+        problems.append(
+            (("spec", "storage", "path"), f"ends in .{suffix} but outputFormat is {spec.outputFormat!r}")
+        )
+    return problems
+
+
+def json_schema() -> dict[str, Any]:
+    schema = ExplainerConfiguration.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://explainability-as-code.dev/schemas/explainer-configuration.v1alpha1.json"
+    schema["title"] = KIND
+    return schema

@@ -1,0 +1,25 @@
+"""Set-up of the embedded default: feature data, the Feast registry, trained sample models, a key."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+
+def prepare_samples(force: bool = False) -> Iterator[str]:
+    """Idempotent: each step skips work that is already done unless ``force``."""
+    from include.compliance import load_or_create_signing_key
+    from include.explainers.sample_models import train_sample_models
+    from include.provenance.feature_data import apply_feature_repo, prepare_feature_data
+    from include.storage import default_signing_key_path
+
+    started = time.perf_counter()
+    sources = prepare_feature_data(force=force)
+    yield f"feature data: {', '.join(str(p) for p in sources.values())}"
+    apply_feature_repo()
+    yield "feast apply: registry up to date"
+    models = train_sample_models(force=force)
+    yield f"models: {', '.join(str(p) for p in models.values())}"
+    load_or_create_signing_key(default_signing_key_path())
+    yield f"signing key: {default_signing_key_path()}"
+    yield f"set-up done in {time.perf_counter() - started:.1f}s"
