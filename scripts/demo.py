@@ -100,7 +100,7 @@ def _run_demo(only: list[str] | None) -> int:
     downloads = xac_home() / "demo" / "bundles"
     results = []
     for dag_id in dag_ids:
-        dag = bag.get_dag(dag_id)
+        dag = bag.dags[dag_id]
         print(f"== {dag_id}: dag.test()")
         started = time.perf_counter()
         dag_run = dag.test()

@@ -44,12 +44,12 @@ def evaluate_gate(
     metric = fidelity.get("metric")
     messages: list[str] = []
     alerts: list[str] = []
-    passed = True
+    ok = True
     if score is None or score != score:  # missing or NaN: nothing proves the explanations faithful
-        passed = not enabled
+        ok = False
         messages.append(f"fidelity score is missing from fidelity.json (metric {metric!r})")
     elif threshold is not None and score < threshold:
-        passed = not enabled
+        ok = False
         messages.append(f"fidelity {metric} = {score:.4f} is below the threshold {threshold:.4f}")
     else:
         messages.append(f"fidelity {metric} = {score:.4f} (threshold {threshold})")
@@ -58,7 +58,6 @@ def evaluate_gate(
             alert = f"ALERT: fidelity dropped from {previous_score:.4f} (last accepted run) to {score:.4f}"
             alerts.append(alert)
             messages.append(alert)
-    if not enabled and not passed:
+    if not ok and not enabled:
         messages.append("monitoring is disabled for this config: recorded, not enforced")
-        passed = True
-    return GateDecision(passed, score, metric, threshold, previous_score, alerts, messages)
+    return GateDecision(ok or not enabled, score, metric, threshold, previous_score, alerts, messages)

@@ -1,0 +1,178 @@
+"""Config validation: the shipped configs pass; each kind of bad input is one located line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from include.configuration import ConfigError, discover_config_files, load_config, parse_config_text
+from include.configuration.layout import bundle_prefix, explanation_file_name, model_listing_prefix
+from include.configuration.schema import json_schema
+
+SEED_EXAMPLE = """\
+apiVersion: ai.apexlogic.com/v1alpha1
+kind: ExplainerConfiguration
+metadata:
+  name: image-classifier-shap-explainer
+  namespace: ai-prod
+spec:
+  modelName: multimodal-image-classifier-v3
+  explainerType: SHAP
+  explainerConfig:
+    method: KernelSHAP
+    numSamples: 500
+    backgroundDataStrategy: "random_subset"
+    backgroundDataSubsetSize: 100
+  integration:
+    inferenceServiceRef:
+      name: image-classifier-service
+      namespace: ai-prod
+    explanationEndpoint: "/explain"
+  outputFormat: "json"
+  storage:
+    type: "s3"
+    bucket: "apexlogic-ai-explanations"
+    path: "multimodal-image-classifier/shap/{model_version}/{inference_id}.json"
+  resourceRequirements:
+    cpu: "200m"
+    memory: "512Mi"
+    gpu: "0.1" # Fractional GPU for explainability
+  monitoring:
+    enabled: true
+    alertOnFidelityDrop: true
+    fidelityThreshold: 0.85
+"""
+
+
+def problems_of(text: str, name: str = "cfg.yaml") -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text, name)
+    return [str(p) for p in info.value.problems]
+
+
+def test_seed_example_validates_as_written_and_is_shipped() -> None:
+    loaded = parse_config_text(SEED_EXAMPLE, "seed.yaml")
+    assert loaded.config.spec.resourceRequirements.gpu_count == pytest.approx(0.1)
+    assert loaded.defaults_applied == ("spec.owner", "spec.budget")
+    shipped = [p for p in discover_config_files() if p.read_text() == SEED_EXAMPLE]
+    assert shipped, "the seed example must ship unchanged under include/configs/explainers/"
+
+
+def test_every_shipped_config_validates() -> None:
+    files = discover_config_files()
+    assert len(files) >= 3
+    names = [load_config(p).name for p in files]
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("numSamples: 500", "numSamples: 0", "cfg.yaml:11: spec.explainerConfig.numSamples: Input should be"),
+        (
+            'memory: "512Mi"',
+            'memory: "lots"',
+            "cfg.yaml:26: spec.resourceRequirements.memory: 'lots' is not a",
+        ),
+        ('gpu: "0.1"', 'gpu: "1.5"', "cfg.yaml:27: spec.resourceRequirements.gpu: '1.5': more than one GPU"),
+        (
+            "{model_version}/",
+            "{modelversion}/",
+            "cfg.yaml:23: spec.storage.path: unknown placeholder(s) {modelversion}",
+        ),
+        (
+            "modelName: multimodal-image-classifier-v3",
+            "modelName: no-such-model",
+            "cfg.yaml:7: spec.modelName: model 'no-such-model' is not in the model catalogue",
+        ),
+        (
+            "    numSamples: 500",
+            "    numSamples: 500\n    colour: red",
+            "cfg.yaml:12: spec.explainerConfig.colour: unknown field",
+        ),
+        (
+            "numSamples: 500",
+            "numSamples: many",
+            "cfg.yaml:11: spec.explainerConfig.numSamples: Input should be a valid integer",
+        ),
+        (
+            "method: KernelSHAP",
+            "method: TreeMagic",
+            "cfg.yaml:10: spec.explainerConfig.method: Input should be",
+        ),
+        (
+            "fidelityThreshold: 0.85",
+            "fidelityThreshold: 7",
+            "cfg.yaml:31: spec.monitoring.fidelityThreshold: Input should be less",
+        ),
+        (
+            "explainerType: SHAP",
+            "explainerType: Captum",
+            "cfg.yaml:10: spec.explainerConfig.method: 'KernelSHAP' is not a Captum method",
+        ),
+        (
+            'outputFormat: "json"',
+            'outputFormat: "parquet"',
+            "cfg.yaml:23: spec.storage.path: ends in .json but outputFormat",
+        ),
+    ],
+)
+def test_bad_input_is_one_located_line(old: str, new: str, expected: str) -> None:
+    assert old in SEED_EXAMPLE
+    problems = problems_of(SEED_EXAMPLE.replace(old, new, 1))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_malformed_yaml_names_the_line() -> None:
+    problems = problems_of(SEED_EXAMPLE.replace("  storage:\n", "  storage: [\n", 1))
+    assert len(problems) == 1
+    assert problems[0].startswith("cfg.yaml:") and "(yaml): malformed YAML" in problems[0]
+
+
+def test_policy_gate_refuses_missing_owner_budget_threshold_outside_default_namespaces() -> None:
+    text = SEED_EXAMPLE.replace("namespace: ai-prod\nspec", "namespace: ai-research\nspec", 1)
+    text = text.replace("    fidelityThreshold: 0.85\n", "")
+    problems = problems_of(text)
+    fields = {p.split(": ")[1] for p in problems}
+    assert {"spec.owner", "spec.budget", "spec.monitoring.fidelityThreshold"} <= fields
+    assert all("required by policy" in p for p in problems)
+
+
+def test_policy_gate_refuses_config_without_explainer() -> None:
+    text = SEED_EXAMPLE.replace("  explainerType: SHAP\n", "")
+    assert any(": spec.explainerType: required by policy" in p for p in problems_of(text))
+
+
+def test_storage_layout_is_derived_from_the_template() -> None:
+    config = parse_config_text(SEED_EXAMPLE, "seed.yaml").config
+    assert model_listing_prefix(config) == "multimodal-image-classifier/shap/"
+    assert bundle_prefix(config, "3", "manual__2026-11-27T08:00:00+00:00") == (
+        "multimodal-image-classifier/shap/3/runs/manual__2026-11-27T08_00_00_00_00/"
+    )
+    assert explanation_file_name(config, "3", "IMG/../1") == "IMG_.._1.json"
+
+
+def test_json_schema_is_exported_and_describes_the_fields() -> None:
+    schema = json_schema()
+    assert schema["title"] == "ExplainerConfiguration"
+    assert "spec" in schema["properties"]
+    out = subprocess.run(
+        [sys.executable, "-m", "include.cli", "config", "schema"], capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout)["title"] == "ExplainerConfiguration"
+
+
+def test_cli_validate_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(SEED_EXAMPLE)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SEED_EXAMPLE.replace("numSamples: 500", "numSamples: -3"))
+    run = [sys.executable, "-m", "include.cli", "config", "validate"]
+    assert subprocess.run([*run, str(good)], capture_output=True).returncode == 0
+    failed = subprocess.run([*run, str(good), str(bad)], capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert f"{bad}:11: spec.explainerConfig.numSamples:" in failed.stdout
