@@ -409,7 +409,7 @@ def publish_step(
     log: LogFn = print,
 ) -> dict[str, Any]:
     """Sign the bundle and publish it, write-once, to the config's bucket and prefix."""
-    from include.compliance import build_bundle, publish_bundle
+    from include.compliance import build_bundle, public_key_pem, publish_bundle
 
     staging = assemble_bundle(ctx, explain, provenance)
     cost = json.loads((staging / "cost.json").read_text())["summary"]
@@ -436,7 +436,13 @@ def publish_step(
         "explained": explain["explained"],
     }
     manifest = build_bundle(staging, run=run, signer=signer, previous=gate.get("previous_bundle"))
-    uri = publish_bundle(staging, s3_client=s3_client, bucket=ctx["bucket"], prefix=ctx["bundle_prefix"])
+    uri = publish_bundle(
+        staging,
+        s3_client=s3_client,
+        bucket=ctx["bucket"],
+        prefix=ctx["bundle_prefix"],
+        public_key_pem=public_key_pem(signer),
+    )
     log(f"published bundle {manifest.bundle_id} to {uri}")
     return {
         "uri": uri,

@@ -1,0 +1,661 @@
+"""Publishing bundles to S3 and reading them back (list, download).
+
+Publish protocol (one bundle per prefix, create-only, retry-safe):
+
+1. ``_keys/<key_id>.pub.pem`` (when the public key is given) and ``<prefix>/_claim.json``
+   (``{bundle_id, manifest_sha256}``): the claim reserves the prefix before any payload byte is
+   written, so a different bundle fails up front instead of leaving stray files behind;
+2. every payload file, then ``manifest.json``, then ``statement.dsse.json`` LAST: the statement's
+   presence is what marks a bundle complete for :func:`list_bundles` and :func:`download_bundle`.
+
+Every object is written with ``IfNoneMatch="*"`` and ``ChecksumAlgorithm="SHA256"``, and carries
+``x-amz-meta-sha256``. When a key already exists (a retry after a partial publish, or a 412 from a
+racing writer) its digest is compared: identical content is accepted, anything else raises
+:class:`BundleConflictError` and nothing is overwritten.
+
+Why not ``upload_file``: s3transfer 0.19's ``ALLOWED_UPLOAD_ARGS`` does not include ``IfNoneMatch``,
+so the transfer manager cannot do create-only writes. Files up to ``multipart_threshold`` go through
+``put_object`` (a single PUT, up to 5 GiB on S3); larger ones through an explicit multipart upload whose
+``CompleteMultipartUpload`` carries ``IfNoneMatch="*"`` (S3 and moto 5.2 honour it there). Downloads do
+use the transfer manager (``download_file``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import mimetypes
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from include.compliance.bundle import (
+    CLAIM_NAME,
+    MANIFEST_NAME,
+    STATEMENT_NAME,
+    Manifest,
+    canonical_json,
+    path_problem,
+    short,
+)
+from include.compliance.errors import (
+    BundleConflictError,
+    BundleError,
+    IncompleteBundleError,
+    ManifestError,
+    UnsafePathError,
+)
+
+KEYS_PREFIX = "_keys"
+META_SHA256 = "sha256"
+# Single PUT below this size: keeps uploads replayable by moto's recorder and avoids multipart overhead.
+DEFAULT_MULTIPART_THRESHOLD = 256 * 1024 * 1024
+DEFAULT_PART_SIZE = 32 * 1024 * 1024
+DEFAULT_WORKERS = 4
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b/`` -> (``bucket``, ``a/b``)."""
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri}")
+    return bucket, prefix.strip("/")
+
+
+def bundle_uri(bucket: str, prefix: str) -> str:
+    return f"s3://{bucket}/{prefix}/"
+
+
+def _normalise_prefix(prefix: str) -> str:
+    cleaned = prefix.strip("/")
+    problem = path_problem(cleaned) if cleaned else "empty prefix"
+    if problem is None and (
+        cleaned.split("/")[0] == KEYS_PREFIX
+        or cleaned.split("/")[-1] in (MANIFEST_NAME, STATEMENT_NAME, CLAIM_NAME)
+    ):
+        problem = "reserved name"
+    if problem is not None:
+        raise ValueError(f"bad bundle prefix {prefix!r}: {problem}")
+    return cleaned
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: Exception) -> int:
+    response = getattr(exc, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return _error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchBucket") or _status(exc) == 404
+
+
+def _is_precondition_failed(exc: Exception) -> bool:
+    return _error_code(exc) in ("PreconditionFailed", "412") or _status(exc) == 412
+
+
+def _head(s3_client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        return dict(s3_client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED"))
+    except ClientError as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+
+
+def _get_bytes(s3_client: Any, bucket: str, key: str) -> bytes | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+
+
+def _remote_sha256(s3_client: Any, bucket: str, key: str) -> str:
+    body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: body.read(1024 * 1024), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _same_object(s3_client: Any, bucket: str, key: str, head: dict[str, Any], size: int, sha256: str) -> bool:
+    """Does the existing object hold exactly these bytes?
+
+    Trusts our own ``x-amz-meta-sha256`` plus the size; when S3 reports a full-object ChecksumSHA256 it
+    must agree too (on real S3 that value is server-validated). Without our metadata, read it back.
+    """
+    if int(head.get("ContentLength", -1)) != size:
+        return False
+    stored = head.get("Metadata", {}).get(META_SHA256)
+    if stored is None:
+        return _remote_sha256(s3_client, bucket, key) == sha256
+    if stored != sha256:
+        return False
+    checksum = head.get("ChecksumSHA256")
+    # Multipart objects carry a checksum of part checksums (ETag "md5-N", ChecksumType COMPOSITE; moto
+    # omits the type), which cannot be compared with a whole-file digest.
+    multipart = "-" in str(head.get("ETag", "")) or "-" in str(checksum or "")
+    full_object = head.get("ChecksumType", "COMPOSITE" if multipart else "FULL_OBJECT") == "FULL_OBJECT"
+    if checksum and full_object:
+        return bool(checksum == base64.b64encode(bytes.fromhex(sha256)).decode("ascii"))
+    return True
+
+
+@dataclass
+class _Upload:
+    key: str
+    size: int
+    sha256: str
+    source: Path | bytes
+    content_type: str = "application/octet-stream"
+
+
+@dataclass
+class PublishStats:
+    """What one publish call did (exposed for logging and the throughput figures)."""
+
+    uploaded: list[str] = field(default_factory=list)
+    already_present: list[str] = field(default_factory=list)
+    bytes_uploaded: int = 0
+
+
+def _content_type(name: str) -> str:
+    guessed, _ = mimetypes.guess_type(name)
+    return guessed or "application/octet-stream"
+
+
+def _put_single(s3_client: Any, bucket: str, item: _Upload) -> None:
+    extra = {
+        "Bucket": bucket,
+        "Key": item.key,
+        "IfNoneMatch": "*",
+        "ChecksumAlgorithm": "SHA256",
+        # Sending the digest we already computed lets S3 reject corrupted uploads without re-hashing.
+        "ChecksumSHA256": base64.b64encode(bytes.fromhex(item.sha256)).decode("ascii"),
+        "Metadata": {META_SHA256: item.sha256},
+        "ContentType": item.content_type,
+        "ContentLength": item.size,
+    }
+    if isinstance(item.source, bytes):
+        s3_client.put_object(Body=item.source, **extra)
+        return
+    with open(item.source, "rb") as handle:
+        s3_client.put_object(Body=handle, **extra)
+
+
+def _put_multipart(s3_client: Any, bucket: str, item: _Upload, part_size: int, workers: int) -> None:
+    assert isinstance(item.source, Path)
+    path = item.source
+    upload_id = s3_client.create_multipart_upload(
+        Bucket=bucket,
+        Key=item.key,
+        ChecksumAlgorithm="SHA256",
+        Metadata={META_SHA256: item.sha256},
+        ContentType=item.content_type,
+    )["UploadId"]
+
+    def send(number: int) -> dict[str, Any]:
+        offset = (number - 1) * part_size
+        with open(path, "rb") as handle:
+            data = os.pread(handle.fileno(), min(part_size, item.size - offset), offset)
+        response = s3_client.upload_part(
+            Bucket=bucket,
+            Key=item.key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+        )
+        part = {"PartNumber": number, "ETag": response["ETag"]}
+        if response.get("ChecksumSHA256"):
+            part["ChecksumSHA256"] = response["ChecksumSHA256"]
+        return part
+
+    count = max(1, -(-item.size // part_size))
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(send, range(1, count + 1)))
+        s3_client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=item.key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+            IfNoneMatch="*",
+        )
+    except BaseException:
+        # Do not leave billable orphan parts behind; the caller decides what the failure means.
+        try:
+            s3_client.abort_multipart_upload(Bucket=bucket, Key=item.key, UploadId=upload_id)
+        except Exception:
+            pass
+        raise
+
+
+def _create_only(
+    s3_client: Any,
+    bucket: str,
+    item: _Upload,
+    stats: PublishStats,
+    *,
+    multipart_threshold: int,
+    part_size: int,
+    workers: int,
+) -> None:
+    """Write ``item`` unless an identical object exists; raise BundleConflictError on different content."""
+    from botocore.exceptions import ClientError
+
+    uri = f"s3://{bucket}/{item.key}"
+
+    def check_existing(head: dict[str, Any]) -> None:
+        if not _same_object(s3_client, bucket, item.key, head, item.size, item.sha256):
+            stored = head.get("Metadata", {}).get(META_SHA256, "?")
+            raise BundleConflictError(
+                f"{uri} already exists with different content (stored sha256 {short(stored)}, "
+                f"size {head.get('ContentLength')}; ours {short(item.sha256)}, size {item.size}); "
+                "refusing to overwrite"
+            )
+        stats.already_present.append(item.key)
+
+    head = _head(s3_client, bucket, item.key)
+    if head is not None:
+        check_existing(head)
+        return
+    try:
+        if isinstance(item.source, Path) and item.size > multipart_threshold:
+            _put_multipart(s3_client, bucket, item, part_size, workers)
+        else:
+            _put_single(s3_client, bucket, item)
+    except ClientError as exc:
+        if not _is_precondition_failed(exc):
+            raise
+        # Someone wrote the key between our HEAD and PUT: judge what they wrote.
+        head = _head(s3_client, bucket, item.key)
+        if head is None:
+            raise
+        check_existing(head)
+        return
+    stats.uploaded.append(item.key)
+    stats.bytes_uploaded += item.size
+
+
+def ensure_bucket(s3_client: Any, bucket: str) -> None:
+    """Create ``bucket`` unless it exists (idempotent, safe against a concurrent creator)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        s3_client.head_bucket(Bucket=bucket)
+        return
+    except ClientError as exc:
+        if not _is_not_found(exc):
+            raise
+    region = s3_client.meta.region_name
+    kwargs: dict[str, Any] = {"Bucket": bucket}
+    if region and region != "us-east-1":
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    try:
+        s3_client.create_bucket(**kwargs)
+    except ClientError as exc:
+        if _error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+        # "AlreadyExists" may mean someone else's bucket: only proceed if we can actually use it.
+        s3_client.head_bucket(Bucket=bucket)
+
+
+# --------------------------------------------------------------------------- publish
+
+
+def publish_bundle(
+    staging_dir: Path,
+    *,
+    s3_client: Any,
+    bucket: str,
+    prefix: str,
+    public_key_pem: bytes | None = None,
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+    part_size: int = DEFAULT_PART_SIZE,
+    max_workers: int = DEFAULT_WORKERS,
+    stats: PublishStats | None = None,
+) -> str:
+    """Upload a built bundle to ``s3://bucket/prefix/`` and return that URI.
+
+    The staging folder is re-verified first (files unchanged since :func:`build_bundle`; signature valid
+    when ``public_key_pem`` is given, which is then also published at ``_keys/<key_id>.pub.pem``).
+    Safe to call again after a failure part-way; fails with BundleConflictError, without overwriting
+    anything, when the prefix holds (or is claimed by) a different bundle.
+    """
+    from include.compliance.keys import load_public_key
+    from include.compliance.verify import verify_directory
+
+    root = Path(staging_dir).resolve()
+    prefix = _normalise_prefix(prefix)
+    key = load_public_key(public_key_pem) if public_key_pem is not None else None
+    report = verify_directory(root, key)
+    if not report.ok:
+        raise BundleError(f"refusing to publish {root}: " + "; ".join(report.problems))
+    manifest = Manifest.from_bytes((root / MANIFEST_NAME).read_bytes())
+    statement_raw = (root / STATEMENT_NAME).read_bytes()
+    manifest_sha256 = hashlib.sha256(manifest.raw).hexdigest()
+    stats = stats if stats is not None else PublishStats()
+
+    def upload(item: _Upload) -> None:
+        _create_only(
+            s3_client,
+            bucket,
+            item,
+            stats,
+            multipart_threshold=multipart_threshold,
+            part_size=part_size,
+            workers=max_workers,
+        )
+
+    def small(key_name: str, data: bytes, content_type: str) -> _Upload:
+        return _Upload(key_name, len(data), hashlib.sha256(data).hexdigest(), data, content_type)
+
+    ensure_bucket(s3_client, bucket)
+    if key is not None:
+        upload(
+            small(
+                f"{KEYS_PREFIX}/{key.keyid}.pub.pem", bytes(public_key_pem or b""), "application/x-pem-file"
+            )
+        )
+    claim = canonical_json({"bundle_id": manifest.bundle_id, "manifest_sha256": manifest_sha256})
+    try:
+        upload(small(f"{prefix}/{CLAIM_NAME}", claim, "application/json"))
+    except BundleConflictError as exc:
+        other = _get_bytes(s3_client, bucket, f"{prefix}/{CLAIM_NAME}") or b"{}"
+        try:
+            other_id = json.loads(other).get("bundle_id")
+        except ValueError:
+            other_id = None
+        raise BundleConflictError(
+            f"{bundle_uri(bucket, prefix)} already holds a different bundle ({other_id}); "
+            f"not publishing {manifest.bundle_id} there"
+        ) from exc
+
+    payload = [
+        _Upload(
+            f"{prefix}/{entry.path}", entry.size, entry.sha256, root / entry.path, _content_type(entry.path)
+        )
+        for entry in manifest.files
+    ]
+    # Largest first so the big transfers overlap with the many small ones.
+    payload.sort(key=lambda item: item.size, reverse=True)
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        futures = [pool.submit(upload, item) for item in payload]
+        errors = [future.exception() for future in futures]
+    first_error = next((error for error in errors if error is not None), None)
+    if first_error is not None:
+        raise first_error
+    # Payload first, manifest next, statement last: only a fully uploaded bundle ever looks complete.
+    upload(small(f"{prefix}/{MANIFEST_NAME}", manifest.raw, "application/json"))
+    upload(small(f"{prefix}/{STATEMENT_NAME}", statement_raw, "application/json"))
+    return bundle_uri(bucket, prefix)
+
+
+# --------------------------------------------------------------------------- list
+
+
+@dataclass
+class BundleSummary:
+    """One bundle found under a bucket/prefix. Fields come from the (unverified) manifest."""
+
+    uri: str
+    complete: bool
+    bundle_id: str | None
+    created_at: datetime | None
+    model: str | None
+    version: str | None
+    run_id: str | None
+    dag_id: str | None
+    file_count: int | None
+    total_bytes: int | None
+    previous_bundle: dict[str, str] | None
+    run: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uri": self.uri,
+            "complete": self.complete,
+            "bundle_id": self.bundle_id,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "model": self.model,
+            "version": self.version,
+            "run_id": self.run_id,
+            "dag_id": self.dag_id,
+            "file_count": self.file_count,
+            "total_bytes": self.total_bytes,
+            "previous_bundle": self.previous_bundle,
+            "run": self.run,
+        }
+
+
+def _run_field(run: dict[str, Any], *names: str) -> str | None:
+    for name in names:
+        value = run.get(name)
+        if value is not None:
+            return str(value)
+    return None
+
+
+def _summary(
+    s3_client: Any, bucket: str, root: str, complete: bool, has_manifest: bool, has_claim: bool
+) -> BundleSummary:
+    manifest: Manifest | None = None
+    if has_manifest:
+        raw = _get_bytes(s3_client, bucket, f"{root}/{MANIFEST_NAME}")
+        if raw is not None:
+            try:
+                manifest = Manifest.from_bytes(raw)
+            except ManifestError:
+                manifest = None
+    bundle_id = manifest.bundle_id if manifest else None
+    if bundle_id is None and has_claim:
+        claim = _get_bytes(s3_client, bucket, f"{root}/{CLAIM_NAME}")
+        try:
+            bundle_id = json.loads(claim or b"{}").get("bundle_id")
+        except ValueError:
+            bundle_id = None
+    run = manifest.run if manifest else {}
+    return BundleSummary(
+        uri=bundle_uri(bucket, root),
+        # A statement next to an unreadable manifest is not something a reader can use.
+        complete=complete and manifest is not None,
+        bundle_id=bundle_id,
+        created_at=manifest.created_at_datetime if manifest else None,
+        model=_run_field(run, "model", "model_name"),
+        version=_run_field(run, "version", "model_version"),
+        run_id=_run_field(run, "run_id"),
+        dag_id=_run_field(run, "dag_id"),
+        file_count=len(manifest.files) if manifest else None,
+        total_bytes=manifest.total_bytes if manifest else None,
+        previous_bundle=manifest.previous_bundle if manifest else None,
+        run=run,
+    )
+
+
+def list_bundles(
+    s3_client: Any,
+    bucket: str,
+    prefix: str = "",
+    model: str | None = None,
+    since: datetime | None = None,
+    *,
+    include_incomplete: bool = False,
+) -> list[BundleSummary]:
+    """Bundles under ``s3://bucket/prefix``, oldest first.
+
+    Only complete bundles (statement.dsse.json present) unless ``include_incomplete``, which adds
+    prefixes holding a claim or manifest but no statement (``complete=False``). ``model`` matches the
+    run dict's ``model`` (or ``model_name``); ``since`` keeps bundles created at or after it (naive = UTC).
+    The listing does not verify anything: use :func:`verify_bundle` for that.
+    """
+    from botocore.exceptions import ClientError
+
+    markers: dict[str, set[str]] = {}
+    list_prefix = prefix.lstrip("/")
+    try:
+        pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=list_prefix)
+        for page in pages:
+            for item in page.get("Contents", []):
+                head, _, name = item["Key"].rpartition("/")
+                if name in (MANIFEST_NAME, STATEMENT_NAME, CLAIM_NAME) and head:
+                    markers.setdefault(head, set()).add(name)
+    except ClientError as exc:
+        if _is_not_found(exc):
+            return []
+        raise
+    roots = {root for root, names in markers.items() if names & {STATEMENT_NAME, CLAIM_NAME}}
+
+    def nested(root: str) -> bool:
+        # A file called manifest.json deep inside some bundle must not be mistaken for a bundle.
+        parts = root.split("/")
+        return any("/".join(parts[:i]) in roots for i in range(1, len(parts)))
+
+    since_utc = since if since is None or since.tzinfo else since.replace(tzinfo=UTC)
+    found: list[BundleSummary] = []
+    for root in sorted(markers):
+        if root.split("/")[0] == KEYS_PREFIX or nested(root):
+            continue
+        names = markers[root]
+        complete = STATEMENT_NAME in names and MANIFEST_NAME in names
+        if not complete and not include_incomplete:
+            continue
+        summary = _summary(s3_client, bucket, root, complete, MANIFEST_NAME in names, CLAIM_NAME in names)
+        if not summary.complete and not include_incomplete:
+            continue
+        if model is not None and summary.model != model:
+            continue
+        if since_utc is not None and (summary.created_at is None or summary.created_at < since_utc):
+            continue
+        found.append(summary)
+    epoch = datetime.min.replace(tzinfo=UTC)
+    found.sort(key=lambda item: (item.created_at or epoch, item.uri))
+    return found
+
+
+# --------------------------------------------------------------------------- download
+
+
+def _safe_targets(root: Path, manifest: Manifest) -> dict[str, Path]:
+    """Map every manifest path to its destination, or raise UnsafePathError before anything is written."""
+    problems: list[str] = []
+    targets: dict[str, Path] = {}
+    seen_folded: dict[str, str] = {}
+    for entry in manifest.files:
+        problem = path_problem(entry.path)
+        if problem is None:
+            destination = (root / entry.path).resolve()
+            if not destination.is_relative_to(root):
+                problem = "resolves outside the target folder"
+            elif entry.path in targets:
+                problem = "listed twice"
+            elif entry.path.casefold() in seen_folded:
+                # Would overwrite each other on case-insensitive file systems (macOS, Windows).
+                problem = f"clashes with {seen_folded[entry.path.casefold()]!r} on case-insensitive disks"
+        if problem is not None:
+            problems.append(f"unsafe path in manifest: {entry.path!r} ({problem})")
+            continue
+        targets[entry.path] = destination
+        seen_folded[entry.path.casefold()] = entry.path
+    # A file and a folder with the same name cannot both exist.
+    for path in targets:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in targets:
+                problems.append(
+                    f"unsafe path in manifest: {path!r} (parent {'/'.join(parts[:i])!r} is a file)"
+                )
+    if problems:
+        raise UnsafePathError(problems)
+    return targets
+
+
+def download_bundle(
+    s3_client: Any,
+    uri: str,
+    to_dir: Path,
+    *,
+    max_workers: int = DEFAULT_WORKERS,
+    missing_ok: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Download the complete bundle at ``uri`` into ``to_dir`` (created; must be empty) and return it.
+
+    The manifest is treated as untrusted: every path is checked (no ``..``, absolute, backslash or
+    escaping path) before the first byte is written. Integrity is *not* judged here; call
+    :func:`verify_bundle` on the result. A listed object that is gone from S3 raises BundleError, or is
+    skipped with ``missing_ok=True`` (so a verifier can report it). After an error the folder may hold
+    part of the bundle.
+    """
+    from botocore.exceptions import ClientError
+
+    bucket, prefix = parse_s3_uri(uri)
+    if not prefix:
+        raise ValueError(f"{uri}: a bundle URI needs a prefix")
+    statement_raw = _get_bytes(s3_client, bucket, f"{prefix}/{STATEMENT_NAME}")
+    if statement_raw is None:
+        raise IncompleteBundleError(f"{uri}: no {STATEMENT_NAME}; the bundle is incomplete or absent")
+    manifest_raw = _get_bytes(s3_client, bucket, f"{prefix}/{MANIFEST_NAME}")
+    if manifest_raw is None:
+        raise IncompleteBundleError(f"{uri}: {STATEMENT_NAME} present but {MANIFEST_NAME} missing")
+    manifest = Manifest.from_bytes(manifest_raw)
+
+    root = Path(to_dir).resolve()
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise FileExistsError(f"{root}: download target must be an empty or new folder")
+    targets = _safe_targets(root, manifest)
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MANIFEST_NAME).write_bytes(manifest_raw)
+    (root / STATEMENT_NAME).write_bytes(statement_raw)
+
+    def fetch(path: str) -> None:
+        destination = targets[path]
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        # Re-check after mkdir: nothing we created can be a symlink, but be strict anyway.
+        if not destination.resolve().is_relative_to(root):
+            raise UnsafePathError([f"unsafe path in manifest: {path!r} (resolves outside the target folder)"])
+        try:
+            s3_client.download_file(bucket, f"{prefix}/{path}", str(destination))
+        except ClientError as exc:
+            if not _is_not_found(exc):
+                raise
+            if missing_ok:
+                return
+            raise BundleError(f"{path}: listed in manifest but missing from {uri}") from exc
+        if progress is not None:
+            progress(path)
+
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        futures = [pool.submit(fetch, path) for path in targets]
+        errors = [future.exception() for future in futures]
+    first_error = next((error for error in errors if error is not None), None)
+    if first_error is not None:
+        raise first_error
+    return root
+
+
+def fetch_public_key(s3_client: Any, bucket: str, key_id: str) -> bytes | None:
+    """The public key published at ``_keys/<key_id>.pub.pem`` (for display; trust it only out of band)."""
+    if path_problem(key_id) is not None or "/" in key_id:
+        raise ValueError(f"bad key id {key_id!r}")
+    return _get_bytes(s3_client, bucket, f"{KEYS_PREFIX}/{key_id}.pub.pem")

@@ -1,0 +1,1 @@
+"""Embedded stand-ins for external services (a local S3-compatible server) used by the default setup."""
