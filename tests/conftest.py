@@ -67,8 +67,7 @@ def pytest_sessionfinish(session: object, exitstatus: int) -> None:
     try:
         from airflow import settings
 
-        if settings.engine is not None:
-            settings.engine.dispose()
+        settings.dispose_orm()
     except Exception:
         pass
     import psycopg2

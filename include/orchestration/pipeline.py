@@ -79,6 +79,11 @@ def explainer_params(loaded: LoadedConfig, sample_budget: int | None) -> dict[st
     settings = loaded.config.spec.explainerConfig
     assert settings is not None  # guaranteed by the policy gate
     params = settings.model_dump(exclude_none=True, exclude={"method", "seed"})
+    if settings.method == "IntegratedGradients":
+        # The background strategy chooses the rows the provenance stage retrieves (IG's
+        # background-mean baseline); it is not a parameter of the attribution method itself.
+        params.pop("backgroundDataStrategy", None)
+        params.pop("backgroundDataSubsetSize", None)
     if sample_budget is not None:
         params["steps" if settings.method == "IntegratedGradients" else "numSamples"] = sample_budget
     return params
@@ -249,7 +254,7 @@ def explain_step(ctx: dict[str, Any], provenance: dict[str, Any], log: LogFn = p
             raise StageFailed(str(exc)) from None
     _write_json(workspace / "usage.json", usage.to_json())
     summary = json.loads((out_dir / "run_summary.json").read_text())
-    return {"out_dir": str(out_dir), "usage": usage.to_json(), "explained": summary.get("explained", 0)}
+    return {"out_dir": str(out_dir), "usage": usage.to_json(), "explained": summary["counts"]["explanations"]}
 
 
 def meter_step(ctx: dict[str, Any], explain: dict[str, Any], log: LogFn = print) -> dict[str, Any]:
@@ -313,6 +318,11 @@ def meter_step(ctx: dict[str, Any], explain: dict[str, Any], log: LogFn = print)
     return summary
 
 
+def fidelity_figure(fidelity: dict[str, Any]) -> dict[str, Any]:
+    """The gated figure of the explainer's ``fidelity.json``: its aggregate score and metric."""
+    return {"score": fidelity.get("aggregate"), "metric": fidelity.get("metric"), "min": fidelity.get("min")}
+
+
 def previous_bundle(ctx: dict[str, Any], s3_client: Any) -> dict[str, Any] | None:
     """The latest complete bundle of the same model under the config's prefix, if any."""
     from include.compliance import list_bundles
@@ -342,7 +352,7 @@ def _previous_fidelity(previous: dict[str, Any] | None, s3_client: Any) -> float
         body = s3_client.get_object(Bucket=bucket, Key=prefix.rstrip("/") + "/fidelity.json")["Body"].read()
     except Exception:
         return None
-    return json.loads(body).get("score")
+    return fidelity_figure(json.loads(body))["score"]
 
 
 def fidelity_step(
@@ -353,7 +363,7 @@ def fidelity_step(
 
     loaded = load_config(ctx["config_path"])
     monitoring = loaded.config.spec.monitoring
-    fidelity = json.loads((Path(explain["out_dir"]) / "fidelity.json").read_text())
+    fidelity = fidelity_figure(json.loads((Path(explain["out_dir"]) / "fidelity.json").read_text()))
     previous = previous_bundle(ctx, s3_client)
     decision = evaluate_gate(
         fidelity,
@@ -413,7 +423,7 @@ def publish_step(
 
     staging = assemble_bundle(ctx, explain, provenance)
     cost = json.loads((staging / "cost.json").read_text())["summary"]
-    fidelity = json.loads((staging / "fidelity.json").read_text())
+    fidelity = fidelity_figure(json.loads((staging / "fidelity.json").read_text()))
     run = {
         "dag_id": ctx["dag_id"],
         "run_id": ctx["run_id"],

@@ -117,7 +117,7 @@ def test_sample_dag_publishes_a_bundle_that_verifies(dagbag, dag_id: str, tmp_pa
     cost = json.loads((local / "cost.json").read_text())["summary"]
     assert cost["total"] > 0 and cost["explanations"] == len(explanations)
     fidelity = json.loads((local / "fidelity.json").read_text())
-    assert fidelity["score"] >= json.loads((local / "fidelity_gate.json").read_text())["threshold"]
+    assert fidelity["aggregate"] >= json.loads((local / "fidelity_gate.json").read_text())["threshold"]
 
     tampered = tmp_path / "tampered"
     shutil.copytree(local, tampered)

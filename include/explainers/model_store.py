@@ -1,0 +1,202 @@
+"""The model store: ``models_dir()/<name>/<version>/model.pt`` + ``model.json``.
+
+``model.pt`` holds only a ``state_dict`` (loaded with ``weights_only=True``: a model file is
+never allowed to run code). ``model.json`` says how to rebuild the module (architecture and
+constructor kwargs), how to feed it (the input spec: modalities and their columns in order),
+what it predicts (task, class names), how well (held-out metrics) and which bytes were stored
+(sha256 of ``model.pt``, checked on every load so a swapped file cannot go unnoticed into a
+signed compliance bundle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from include.explainers.base import ExplainedModel, Modality
+from include.explainers.catalogue import MODEL_CATALOGUE, known_models
+from include.explainers.errors import ModelLoadError, ModelNotFoundError
+from include.paths import models_dir
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = [
+    "MODEL_CATALOGUE",
+    "LoadedModel",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "known_models",
+    "load_model",
+    "model_dir",
+    "model_path",
+    "save_model",
+]
+
+
+def model_dir(name: str, version: str) -> Path:
+    return models_dir() / name / str(version)
+
+
+def model_path(name: str, version: str) -> Path:
+    return model_dir(name, version) / "model.pt"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file + rename so a crash never leaves a truncated artifact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to explain, with everything its ``model.json`` records."""
+
+    name: str
+    version: str
+    module: nn.Module
+    modalities: list[Modality]
+    task: str
+    class_names: list[str]
+    entity: str
+    sha256: str
+    metadata: dict[str, Any]
+    path: Path
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return [c for m in self.modalities for c in m.columns]
+
+    def explained(self) -> ExplainedModel:
+        return ExplainedModel(
+            self.module,
+            self.modalities,
+            self.task,
+            self.class_names,
+            differentiable=bool(self.metadata.get("differentiable", True)),
+        )
+
+
+def save_model(
+    name: str,
+    version: str,
+    module: nn.Module,
+    *,
+    architecture: str,
+    kwargs: dict[str, Any],
+    modalities: Sequence[Modality],
+    task: str,
+    class_names: Sequence[str],
+    metrics: dict[str, Any],
+    entity: str,
+    differentiable: bool = True,
+) -> Path:
+    """Store ``module``'s state_dict and its metadata; returns the ``model.pt`` path."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    data = buffer.getvalue()
+    target = model_path(name, version)
+    _atomic_write(target, data)
+    catalogue = MODEL_CATALOGUE.get(name)
+    metadata = {
+        "name": name,
+        "version": str(version),
+        "architecture": architecture,
+        "kwargs": kwargs,
+        "inputs": {"entity": entity, "modalities": [m.to_json() for m in modalities]},
+        "task": task,
+        "class_names": list(class_names),
+        "positive_class": class_names[-1] if task == "binary" else None,
+        "differentiable": differentiable,
+        "feature_service": catalogue.feature_service if catalogue else None,
+        "metrics": metrics,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+    }
+    _atomic_write(target.with_name("model.json"), (json.dumps(metadata, indent=2) + "\n").encode())
+    return target
+
+
+def load_model(name: str, version: str) -> LoadedModel:
+    """Load ``name``/``version`` from the store.
+
+    Raises :class:`ModelNotFoundError` (naming the model, version and path looked at) when the
+    artifact is missing and :class:`ModelLoadError` when it is unreadable, does not match its
+    recorded sha256 or does not fit its recorded architecture.
+    """
+    import torch
+
+    from include.explainers.sample_models import build_architecture
+
+    folder = model_dir(name, version)
+    weights, meta_path = folder / "model.pt", folder / "model.json"
+    if not weights.is_file() or not meta_path.is_file():
+        hint = (
+            " (sample models are created by include.explainers.sample_models.train_sample_models())"
+            if name in MODEL_CATALOGUE
+            else f" (known models: {', '.join(known_models())})"
+        )
+        raise ModelNotFoundError(
+            f"model {name!r} version {version!r} not found: looked for {weights} and {meta_path}{hint}"
+        )
+    try:
+        metadata = json.loads(meta_path.read_text())
+        modalities = [Modality.from_json(m) for m in metadata["inputs"]["modalities"]]
+        architecture, kwargs = metadata["architecture"], dict(metadata["kwargs"])
+        recorded_sha = metadata["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"model {name!r} version {version!r}: unreadable {meta_path}: {exc}") from exc
+    actual_sha = sha256_file(weights)
+    if actual_sha != recorded_sha:
+        raise ModelLoadError(
+            f"model {name!r} version {version!r}: {weights} has sha256 {actual_sha}, "
+            f"but model.json records {recorded_sha}; the artifact was modified or is corrupt"
+        )
+    try:
+        module = build_architecture(architecture, kwargs)
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        module.load_state_dict(state)
+    except Exception as exc:  # torch raises many types (pickle, RuntimeError on key mismatch, ...)
+        raise ModelLoadError(
+            f"model {name!r} version {version!r}: cannot load {weights} as {architecture}({kwargs}): {exc}"
+        ) from exc
+    module.eval()
+    return LoadedModel(
+        name=name,
+        version=str(version),
+        module=module,
+        modalities=modalities,
+        task=str(metadata["task"]),
+        class_names=[str(c) for c in metadata["class_names"]],
+        entity=str(metadata["inputs"]["entity"]),
+        sha256=actual_sha,
+        metadata=metadata,
+        path=weights,
+    )

@@ -1,0 +1,194 @@
+"""KernelSHAP against ground truth: closed forms (linear models) and brute-force Shapley values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from include.explainers.base import ExplainedModel, Modality
+from include.explainers.kernel_shap import (
+    EXPLAINER,
+    build_players,
+    sample_coalitions,
+    summarise_background,
+)
+from include.explainers.params import normalise_params
+
+
+def _tabular(d: int) -> list[Modality]:
+    return [Modality("tabular", "tabular", tuple(f"f{i}" for i in range(d)), (d,))]
+
+
+def exact_shapley(value: callable, x: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Brute-force interventional Shapley values: every coalition, the Shapley formula."""
+    d = x.shape[0]
+    codes = np.arange(1 << d)
+    masks = ((codes[:, None] >> np.arange(d)) & 1).astype(bool)
+    rows = np.where(masks[:, None, :], x, background[None]).reshape(-1, d)
+    v = value(rows).reshape(1 << d, -1).mean(axis=1)  # uniform background weights
+    sizes = masks.sum(axis=1)
+    weight = np.array([math.factorial(s) * math.factorial(d - s - 1) / math.factorial(d) for s in range(d)])
+    phi = np.zeros(d)
+    for j in range(d):
+        without = codes[~masks[:, j]]
+        phi[j] = np.sum(weight[sizes[without]] * (v[without | (1 << j)] - v[without]))
+    return phi
+
+
+def _value_fn(net: nn.Module):
+    def value(rows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(rows)).reshape(-1).double().numpy()
+
+    return value
+
+
+def _params(**overrides: object) -> dict:
+    return normalise_params("KernelSHAP", {"backgroundDataStrategy": "all", **overrides}, has_image=False)
+
+
+@pytest.mark.parametrize("num_samples", [60, 500, 2000])  # sampled, sampled, every coalition
+def test_linear_model_equals_closed_form(num_samples: int) -> None:
+    torch.manual_seed(0)
+    d = 10
+    net = nn.Linear(d, 1).double()
+    model = ExplainedModel(net, _tabular(d), "regression", [])
+    x = torch.randn(6, d, dtype=torch.float64) * 2
+    bg = torch.randn(25, d, dtype=torch.float64)
+    out = EXPLAINER.explain(model, (x,), (bg,), _params(numSamples=num_samples), seed=3)
+    w = net.weight.detach().numpy()[0]
+    truth = w * (x.numpy() - bg.numpy().mean(axis=0))
+    assert np.abs(out.players - truth).max() < 1e-6
+    assert out.per_instance["exact"].all() == (num_samples >= 2**d - 2)
+
+
+def test_full_enumeration_is_exact_on_a_nonlinear_model() -> None:
+    torch.manual_seed(1)
+    d = 6  # 62 coalitions <= 500: every coalition is enumerated
+    net = nn.Sequential(nn.Linear(d, 12), nn.Tanh(), nn.Linear(12, 1)).double()
+    model = ExplainedModel(net, _tabular(d), "regression", [])
+    x = torch.randn(4, d, dtype=torch.float64) * 1.5
+    bg = torch.randn(15, d, dtype=torch.float64)
+    out = EXPLAINER.explain(model, (x,), (bg,), _params(), seed=0)
+    assert out.per_instance["exact"].all()
+    for i in range(4):
+        truth = exact_shapley(_value_fn(net), x[i].numpy(), bg.numpy())
+        assert np.abs(out.players[i] - truth).max() < 1e-10
+
+
+def test_sampled_estimate_is_close_to_exact_shapley_values() -> None:
+    """10 features, numSamples 500 (of 1022 coalitions): within 0.01 normalised L1."""
+    torch.manual_seed(0)
+    d = 10
+    net = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, 1)).double()
+    model = ExplainedModel(net, _tabular(d), "regression", [])
+    x = torch.randn(6, d, dtype=torch.float64)
+    bg = torch.randn(20, d, dtype=torch.float64)
+    out = EXPLAINER.explain(model, (x,), (bg,), _params(numSamples=500), seed=11)
+    assert not out.per_instance["exact"].any()
+    truth = np.stack([exact_shapley(_value_fn(net), x[i].numpy(), bg.numpy()) for i in range(6)])
+    error = np.abs(out.players - truth).sum() / np.abs(truth).sum()
+    assert error <= 0.01, f"normalised L1 error {error:.4f}"
+
+
+def test_trained_tabular_model_exact_with_enough_samples(sample_models: dict, tabular_frame) -> None:
+    """The trained sample model (sigmoid output): numSamples >= 1022 gives its exact values."""
+    from include.explainers.model_store import load_model
+    from include.samples.datasets import TABULAR_FEATURES
+
+    model = load_model("diagnosis-risk-tabular", "1").explained()
+    data = torch.from_numpy(tabular_frame[TABULAR_FEATURES].to_numpy(np.float32))
+    x, bg = data[:3], data[300:316]
+    out = EXPLAINER.explain(model, (x,), (bg,), _params(numSamples=1022), seed=0)
+
+    def value(rows: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model.scores(torch.from_numpy(rows).float()).reshape(-1).double().numpy()
+
+    for i in range(3):
+        truth = exact_shapley(value, x[i].numpy(), bg.numpy())
+        assert np.abs(out.players[i] - truth).max() < 1e-5  # float32 model outputs
+
+
+def test_efficiency_is_exact_and_dummies_get_zero() -> None:
+    torch.manual_seed(2)
+    d = 12
+    net = nn.Sequential(nn.Linear(d, 8), nn.SiLU(), nn.Linear(8, 1)).double()
+    model = ExplainedModel(net, _tabular(d), "regression", [])
+    x = torch.randn(3, d, dtype=torch.float64)
+    bg = torch.randn(10, d, dtype=torch.float64)
+    bg[:, 4] = 0.5
+    x[:, 4] = 0.5  # feature 4 equals every background row: a dummy player
+    out = EXPLAINER.explain(model, (x,), (bg,), _params(numSamples=300), seed=5)
+    with torch.no_grad():
+        fx = net(x).reshape(-1).numpy()
+        expected = net(bg).reshape(-1).numpy().mean()
+    np.testing.assert_allclose(out.players.sum(axis=1), fx - expected, rtol=0, atol=1e-12)
+    assert (out.players[:, 4] == 0.0).all()
+    assert (out.per_instance["active_players"] == d - 1).all()
+
+
+def test_same_seed_is_bit_identical_and_seeds_matter() -> None:
+    torch.manual_seed(4)
+    d = 10
+    net = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, 1))
+    model = ExplainedModel(net, _tabular(d), "regression", [])
+    x, bg = torch.randn(4, d), torch.randn(30, d)
+    params = normalise_params("KernelSHAP", {"numSamples": 200, "backgroundDataSubsetSize": 10})
+    first = EXPLAINER.explain(model, (x,), (bg,), params, seed=7)
+    second = EXPLAINER.explain(model, (x,), (bg,), params, seed=7)
+    other = EXPLAINER.explain(model, (x,), (bg,), params, seed=8)
+    assert np.array_equal(first.players, second.players)
+    assert not np.array_equal(first.players, other.players)
+
+
+def test_coalition_sampler_pairs_and_weights() -> None:
+    rng = np.random.default_rng(0)
+    masks, weights, exact = sample_coalitions(10, 500, rng)
+    assert not exact
+    assert masks.shape == (500, 10)
+    assert len({m.tobytes() for m in masks}) == 500  # drawn without replacement
+    assert np.isclose(weights.sum(), 1.0) and (weights > 0).all()
+    assert np.array_equal(masks[0::2], ~masks[1::2])  # complementary (antithetic) pairs
+    sizes = masks.sum(axis=1)
+    assert (sizes == 1).sum() == 10 and (sizes == 9).sum() == 10  # outer sizes enumerated
+    assert ((sizes > 0) & (sizes < 10)).all()
+
+    masks, weights, exact = sample_coalitions(5, 500, rng)
+    assert exact and masks.shape == (30, 5)
+
+    masks, _, _ = sample_coalitions(20, 500, rng)
+    assert masks.shape[0] == 500 and len({m.tobytes() for m in masks}) == 500
+
+
+def test_players_of_the_multimodal_layout() -> None:
+    modalities = [
+        Modality("image", "image", tuple(f"px{i}" for i in range(64)), (1, 8, 8)),
+        Modality("tabular", "tabular", ("a", "b", "c", "d"), (4,)),
+    ]
+    names, feature_player = build_players(modalities, 2)
+    assert len(names) == 20 and names[0] == "image[r0:2,c0:2]" and names[-1] == "d"
+    grid = feature_player[:64].reshape(8, 8)
+    assert grid[0, 0] == grid[1, 1] == 0 and grid[0, 2] == 1 and grid[7, 7] == 15
+    names3, fp3 = build_players(modalities, 3)  # 8 = 3 + 3 + 2: edge tiles cut short
+    assert len(names3) == 9 + 4 and names3[2] == "image[r0:3,c6:8]"
+    assert np.bincount(fp3[:64]).tolist() == [9, 9, 6, 9, 9, 6, 6, 6, 4]
+
+
+def test_background_strategies() -> None:
+    torch.manual_seed(0)
+    bg = torch.randn(50, 4)
+    rows, weights, info = summarise_background(bg, "random_subset", 10, seed=1)
+    assert rows.shape == (10, 4) and np.allclose(weights, 0.1) and info["rows_used"] == 10
+    again, _, _ = summarise_background(bg, "random_subset", 10, seed=1)
+    assert torch.equal(rows, again)
+    rows, weights, _ = summarise_background(bg, "kmeans", 5, seed=1)
+    assert rows.shape == (5, 4) and np.isclose(weights.sum(), 1.0)
+    # Cluster-size weights preserve the background mean exactly.
+    np.testing.assert_allclose(weights @ rows.double().numpy(), bg.double().mean(0).numpy(), atol=1e-5)
+    rows, weights, _ = summarise_background(bg, "all", 10, seed=1)
+    assert rows.shape == (50, 4)
