@@ -1,7 +1,7 @@
 """The catalogue of models the runtime knows how to build and explain.
 
-Kept free of heavy imports (no torch): the configuration validator checks ``modelName``
-against :func:`known_models` while the CLI starts, which must stay fast.
+Read from ``include/configs/models.yaml`` (the same file the configuration validator checks
+``modelName`` against) and kept free of heavy imports (no torch): the CLI must start fast.
 """
 
 from __future__ import annotations
@@ -22,26 +22,26 @@ class CatalogueEntry:
     description: str
 
 
-MODEL_CATALOGUE: dict[str, CatalogueEntry] = {
-    "diagnosis-risk-tabular": CatalogueEntry(
-        name="diagnosis-risk-tabular",
-        architecture="TabularMLP",
-        feature_service="diagnosis_risk_tabular",
-        default_version="1",
-        entity="patient_id",
-        task="binary",
-        description="MLP on the ten mean_* breast-cancer measurements; predicts malignant.",
-    ),
-    "multimodal-image-classifier-v3": CatalogueEntry(
-        name="multimodal-image-classifier-v3",
-        architecture="MultimodalDigitNet",
-        feature_service="multimodal_image_classifier_v3",
-        default_version="1",
-        entity="image_id",
-        task="multiclass",
-        description="Small CNN on an 8x8 digit fused with four scan features; predicts the digit.",
-    ),
-}
+def _load_catalogue() -> dict[str, CatalogueEntry]:
+    """The catalogue kept as code in ``include/configs/models.yaml`` (one source for config validation
+    and for the runtime)."""
+    from include.configuration.loader import model_catalogue
+
+    return {
+        name: CatalogueEntry(
+            name=name,
+            architecture=str(entry["architecture"]),
+            feature_service=str(entry["featureService"]),
+            default_version=str(entry["defaultVersion"]),
+            entity=str(entry["entity"]),
+            task=str(entry["task"]),
+            description=str(entry.get("description", "")),
+        )
+        for name, entry in model_catalogue().items()
+    }
+
+
+MODEL_CATALOGUE: dict[str, CatalogueEntry] = _load_catalogue()
 
 
 def known_models() -> list[str]:

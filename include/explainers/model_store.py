@@ -159,7 +159,7 @@ def load_model(name: str, version: str) -> LoadedModel:
     weights, meta_path = folder / "model.pt", folder / "model.json"
     if not weights.is_file() or not meta_path.is_file():
         hint = (
-            " (sample models are created by include.explainers.sample_models.train_sample_models())"
+            " (the sample models are trained by `xac samples prepare`, which `make demo` runs)"
             if name in MODEL_CATALOGUE
             else f" (known models: {', '.join(known_models())})"
         )
