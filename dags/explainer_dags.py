@@ -202,13 +202,13 @@ def build_dag(loaded: LoadedConfig) -> DAG:
         def provenance(ctx: dict[str, Any]) -> dict[str, Any]:
             from include.orchestration.pipeline import provenance_step
 
-            return _fail_on_stage_error(provenance_step, ctx)
+            return _fail_on_stage_error(provenance_step, ctx, _s3_client())
 
         @task
         def explain(ctx: dict[str, Any], prov: dict[str, Any]) -> dict[str, Any]:
             from include.orchestration.pipeline import explain_step
 
-            return _fail_on_stage_error(explain_step, ctx, prov)
+            return _fail_on_stage_error(explain_step, ctx, prov, _s3_client())
 
         @task
         def meter_cost(ctx: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
@@ -217,10 +217,12 @@ def build_dag(loaded: LoadedConfig) -> DAG:
             return meter_step(ctx, result)
 
         @task
-        def fidelity_gate(ctx: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        def fidelity_gate(
+            ctx: dict[str, Any], result: dict[str, Any], prov: dict[str, Any]
+        ) -> dict[str, Any]:
             from include.orchestration.pipeline import fidelity_step
 
-            return _fail_on_stage_error(fidelity_step, ctx, result, _s3_client())
+            return _fail_on_stage_error(fidelity_step, ctx, result, prov, _s3_client())
 
         @task(outlets=[bundles_asset])
         def publish_bundle(
@@ -245,7 +247,7 @@ def build_dag(loaded: LoadedConfig) -> DAG:
         prov = provenance(ctx)
         result = explain(ctx, prov)
         cost = meter_cost(ctx, result)
-        gate = fidelity_gate(ctx, result)
+        gate = fidelity_gate(ctx, result, prov)
         cost >> gate
         publish_bundle(ctx, result, prov, gate, cost)
     return dag

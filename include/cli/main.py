@@ -100,6 +100,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             sample_budget=args.sample_budget,
             seed=args.seed,
             shard=args.shard,
+            expected_sha256={"inference": args.inference_sha256, "background": args.background_sha256},
         )
     except ExplainJobError as exc:
         print(f"xac explain: {exc}", file=sys.stderr)
@@ -245,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--out", required=True, metavar="DIR")
     explain.add_argument("--inference", metavar="URI", help="inference frame (Parquet path or s3:// URI)")
     explain.add_argument("--background", metavar="URI", help="background frame (Parquet path or s3:// URI)")
+    explain.add_argument(
+        "--inference-sha256", metavar="HEX", help="refuse an inference frame with another digest"
+    )
+    explain.add_argument(
+        "--background-sha256", metavar="HEX", help="refuse a background frame with another digest"
+    )
     explain.add_argument("--model-version", metavar="V")
     explain.add_argument("--inference-ids", nargs="+", metavar="ID")
     explain.add_argument("--sample-budget", type=int, metavar="N", help="override numSamples / steps")

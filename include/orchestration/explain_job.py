@@ -36,6 +36,16 @@ def _fetch(uri: str, target: Path) -> Path:
     return target
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def run_explain_job(
     loaded: LoadedConfig,
     *,
@@ -47,6 +57,7 @@ def run_explain_job(
     sample_budget: int | None = None,
     seed: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    expected_sha256: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     from include.explainers.errors import ExplainError, ModelLoadError, ModelNotFoundError
     from include.explainers.runtime import ExplainRequest, run_explain
@@ -68,6 +79,14 @@ def run_explain_job(
         assert background_uri is not None
         inference_path = _fetch(inference_uri, inputs / "inference.parquet")
         background_path = _fetch(background_uri, inputs / "background.parquet")
+        # The explainer must consume exactly the frames the provenance stage validated.
+        for name, path in (("inference", inference_path), ("background", background_path)):
+            want = (expected_sha256 or {}).get(name)
+            if want and _sha256(path) != want:
+                raise ExplainJobError(
+                    f"{name} frame {path} has sha256 {_sha256(path)}, but provenance validated {want}: "
+                    "refusing to explain data that was not validated"
+                )
     request = ExplainRequest(
         model_name=spec.modelName,
         model_version=version,

@@ -145,6 +145,7 @@ def run_provenance_for_config(
     out_dir: Path,
     inference_ids: list[str] | None = None,
     salt: str | None = None,
+    previous: dict[str, Any] | None = None,
 ) -> Any:
     """The provenance stage for one config (used by the DAG and by ``xac provenance check``)."""
     from include.provenance.stage import run_provenance
@@ -163,6 +164,7 @@ def run_provenance_for_config(
         background_size=settings.backgroundDataSubsetSize,
         seed=settings.seed,
         salt=salt or _provenance_salt(),
+        previous=previous,
     )
 
 
@@ -184,10 +186,39 @@ def _provenance_salt() -> str:
     return path.read_text().strip()
 
 
-def provenance_step(ctx: dict[str, Any], log: LogFn = print) -> dict[str, Any]:
+def _read_previous(previous: dict[str, Any] | None, name: str, s3_client: Any) -> dict[str, Any] | None:
+    """One JSON file of the previous accepted bundle (None when there is none or it lacks the file)."""
+    if previous is None:
+        return None
+    from include.storage import split_s3_uri
+
+    bucket, prefix = split_s3_uri(previous["uri"])
+    try:
+        body = s3_client.get_object(Bucket=bucket, Key=prefix.rstrip("/") + "/" + name)["Body"].read()
+    except Exception:
+        return None
+    return json.loads(body)
+
+
+def staging_prefix(ctx: dict[str, Any]) -> str:
+    """Where a run's input frames wait in object storage for the explainer (removed after publish)."""
+    return f"_staging/{safe_key_part(ctx['dag_id'])}/{ctx['run_key']}/"
+
+
+def provenance_step(ctx: dict[str, Any], s3_client: Any = None, log: LogFn = print) -> dict[str, Any]:
+    """Retrieve and validate the frames; hand them to the explainer through object storage.
+
+    With an S3 client, the frames are uploaded under the run's staging prefix and the explainer
+    reads them from there (as a pod would), and the source digests are compared with the last
+    accepted bundle's provenance to show drift.
+    """
     out_dir = _fresh_dir(Path(ctx["workspace"]) / "provenance")
+    previous = previous_bundle(ctx, s3_client) if s3_client is not None else None
     result = run_provenance_for_config(
-        load_config(ctx["config_path"]), out_dir=out_dir, inference_ids=ctx["inference_ids"]
+        load_config(ctx["config_path"]),
+        out_dir=out_dir,
+        inference_ids=ctx["inference_ids"],
+        previous=_read_previous(previous, "provenance.json", s3_client),
     )
     for line in result.summary.splitlines():
         log(line)
@@ -195,12 +226,30 @@ def provenance_step(ctx: dict[str, Any], log: LogFn = print) -> dict[str, Any]:
         raise StageFailed(
             "data validation failed: nothing will be explained on this data.\n" + result.summary
         )
+    frames = json.loads(Path(result.provenance_path).read_text())["frames"]
+    inference_uri, background_uri = str(result.inference_path), str(result.background_path)
+    if s3_client is not None:
+        from include.compliance import ensure_bucket
+
+        ensure_bucket(s3_client, ctx["bucket"])
+        uris = []
+        for path in (Path(result.inference_path), Path(result.background_path)):
+            key = staging_prefix(ctx) + path.name
+            s3_client.upload_file(str(path), ctx["bucket"], key)
+            uris.append(f"s3://{ctx['bucket']}/{key}")
+        inference_uri, background_uri = uris
+        log(f"frames staged for the explainer: {inference_uri}, {background_uri}")
     return {
         "inference_path": str(result.inference_path),
         "background_path": str(result.background_path),
+        "inference_uri": inference_uri,
+        "background_uri": background_uri,
+        "inference_sha256": frames["inference"]["sha256"],
+        "background_sha256": frames["background"]["sha256"],
         "provenance_path": str(result.provenance_path),
         "validation_path": str(result.validation_path),
         "inference_ids": list(result.inference_ids),
+        "previous_bundle": previous,
     }
 
 
@@ -216,9 +265,13 @@ def explain_command(ctx: dict[str, Any], provenance: dict[str, Any], out_dir: Pa
         "--out",
         str(out_dir),
         "--inference",
-        provenance["inference_path"],
+        provenance["inference_uri"],
         "--background",
-        provenance["background_path"],
+        provenance["background_uri"],
+        "--inference-sha256",
+        provenance["inference_sha256"],
+        "--background-sha256",
+        provenance["background_sha256"],
         "--model-version",
         ctx["model_version"],
         "--seed",
@@ -230,7 +283,9 @@ def explain_command(ctx: dict[str, Any], provenance: dict[str, Any], out_dir: Pa
     return command
 
 
-def explain_step(ctx: dict[str, Any], provenance: dict[str, Any], log: LogFn = print) -> dict[str, Any]:
+def explain_step(
+    ctx: dict[str, Any], provenance: dict[str, Any], s3_client: Any = None, log: LogFn = print
+) -> dict[str, Any]:
     """Run ``xac explain`` as a local process, stream its log, measure what it used."""
     from include.orchestration.local_process import ProcessFailed, child_environment, run_measured
 
@@ -246,8 +301,12 @@ def explain_step(ctx: dict[str, Any], provenance: dict[str, Any], log: LogFn = p
             log_file.write(line + "\n")
 
         try:
+            extra = {}
+            if s3_client is not None and s3_client.meta.endpoint_url:
+                # the child reads the staged frames through the same endpoint as this task
+                extra["S3_ENDPOINT_URL"] = s3_client.meta.endpoint_url
             usage = run_measured(
-                explain_command(ctx, provenance, out_dir), env=child_environment(), on_line=tee
+                explain_command(ctx, provenance, out_dir), env=child_environment(extra), on_line=tee
             )
         except ProcessFailed as exc:
             _write_json(workspace / "usage.json", exc.usage.to_json())
@@ -342,21 +401,12 @@ def previous_bundle(ctx: dict[str, Any], s3_client: Any) -> dict[str, Any] | Non
     return {"uri": latest.uri, "bundle_id": latest.bundle_id}
 
 
-def _previous_fidelity(previous: dict[str, Any] | None, s3_client: Any) -> float | None:
-    if previous is None:
-        return None
-    from include.storage import split_s3_uri
-
-    bucket, prefix = split_s3_uri(previous["uri"])
-    try:
-        body = s3_client.get_object(Bucket=bucket, Key=prefix.rstrip("/") + "/fidelity.json")["Body"].read()
-    except Exception:
-        return None
-    return fidelity_figure(json.loads(body))["score"]
-
-
 def fidelity_step(
-    ctx: dict[str, Any], explain: dict[str, Any], s3_client: Any, log: LogFn = print
+    ctx: dict[str, Any],
+    explain: dict[str, Any],
+    provenance: dict[str, Any],
+    s3_client: Any,
+    log: LogFn = print,
 ) -> dict[str, Any]:
     """Gate on the run's fidelity score against the threshold and the last accepted run."""
     from include.fidelity.gate import evaluate_gate
@@ -364,12 +414,12 @@ def fidelity_step(
     loaded = load_config(ctx["config_path"])
     monitoring = loaded.config.spec.monitoring
     fidelity = fidelity_figure(json.loads((Path(explain["out_dir"]) / "fidelity.json").read_text()))
-    previous = previous_bundle(ctx, s3_client)
+    previous = provenance.get("previous_bundle")
     decision = evaluate_gate(
         fidelity,
         threshold=monitoring.fidelityThreshold,
         alert_on_drop=monitoring.alertOnFidelityDrop,
-        previous_score=_previous_fidelity(previous, s3_client),
+        previous_score=fidelity_figure(_read_previous(previous, "fidelity.json", s3_client) or {})["score"],
         enabled=monitoring.enabled,
     )
     gate = decision.to_json() | {"previous_bundle": previous}
@@ -406,6 +456,12 @@ def assemble_bundle(ctx: dict[str, Any], explain: dict[str, Any], provenance: di
     (staging / "logs").mkdir()
     shutil.copy2(workspace / "logs" / "explain.log", staging / "logs" / "explain.log")
     return staging
+
+
+def _remove_staged_frames(ctx: dict[str, Any], s3_client: Any) -> None:
+    listed = s3_client.list_objects_v2(Bucket=ctx["bucket"], Prefix=staging_prefix(ctx))
+    for item in listed.get("Contents", []):
+        s3_client.delete_object(Bucket=ctx["bucket"], Key=item["Key"])
 
 
 def publish_step(
@@ -454,6 +510,7 @@ def publish_step(
         public_key_pem=public_key_pem(signer),
     )
     log(f"published bundle {manifest.bundle_id} to {uri}")
+    _remove_staged_frames(ctx, s3_client)
     return {
         "uri": uri,
         "bundle_id": manifest.bundle_id,

@@ -141,3 +141,33 @@ def test_cli_verifies_and_lists_a_published_bundle(dagbag) -> None:
     verified = subprocess.run([*xac, "bundle", "verify", uri], capture_output=True, text=True, env=env)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "verified" in verified.stdout
+
+
+def test_failed_expectation_stops_the_run_before_explain(dagbag, tmp_path: Path) -> None:
+    """An out-of-range feature value: provenance fails, explain never runs, nothing is published."""
+    import pandas as pd
+
+    from include.compliance import list_bundles
+    from include.provenance.feature_data import prepare_feature_data
+    from include.storage import s3_client
+
+    source = prepare_feature_data()["patient_measurements"]
+    original = source.read_bytes()
+    frame = pd.read_parquet(source)
+    victim = frame["patient_id"].iloc[3]
+    frame.loc[frame["patient_id"] == victim, "mean_radius"] = 9999.0
+    frame.to_parquet(source, index=False)
+    try:
+        dag = dagbag.dags["diagnosis-risk-kernelshap"]
+        dag_run = dag.test(run_conf={"inference_ids": [victim]})
+    finally:
+        source.write_bytes(original)
+    states = _task_states(dag_run)
+    assert "failed" in str(dag_run.state)
+    assert states["provenance"] == "failed"
+    assert states["explain"] in (None, "upstream_failed"), states
+    assert not (_workspace(dag.dag_id, dag_run.run_id) / "explain").exists()
+    ctx = json.loads((_workspace(dag.dag_id, dag_run.run_id) / "run.json").read_text())
+    assert list_bundles(s3_client(), ctx["bucket"], prefix=ctx["bundle_prefix"]) == []
+    summary = _workspace(dag.dag_id, dag_run.run_id) / "provenance" / "provenance.json"
+    assert summary.exists()
