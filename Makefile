@@ -46,6 +46,7 @@ lint: venv
 
 bench: venv
 	$(PY) bench/bench_dag_parse.py
+	$(PY) bench/bench_provenance.py
 	$(PY) bench/bench_demo.py
 
 s3: venv
