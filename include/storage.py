@@ -40,12 +40,3 @@ def default_public_key_path() -> Path:
     if env:
         return Path(env)
     return keys_dir() / f"{SIGNING_KEY_NAME}.pub.pem"
-
-
-def split_s3_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    if not bucket:
-        raise ValueError(f"no bucket in {uri!r}")
-    return bucket, key

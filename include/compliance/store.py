@@ -27,7 +27,7 @@ import hashlib
 import json
 import mimetypes
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -167,6 +167,8 @@ class _Upload:
     sha256: str
     source: Path | bytes
     content_type: str = "application/octet-stream"
+    # Object Lock retention (ObjectLockMode, ObjectLockRetainUntilDate) applied on the PUT itself.
+    lock: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -194,6 +196,7 @@ def _put_single(s3_client: Any, bucket: str, item: _Upload) -> None:
         "Metadata": {META_SHA256: item.sha256},
         "ContentType": item.content_type,
         "ContentLength": item.size,
+        **item.lock,
     }
     if isinstance(item.source, bytes):
         s3_client.put_object(Body=item.source, **extra)
@@ -211,6 +214,7 @@ def _put_multipart(s3_client: Any, bucket: str, item: _Upload, part_size: int, w
         ChecksumAlgorithm="SHA256",
         Metadata={META_SHA256: item.sha256},
         ContentType=item.content_type,
+        **item.lock,
     )["UploadId"]
 
     def send(number: int) -> dict[str, Any]:
@@ -330,6 +334,7 @@ def publish_bundle(
     bucket: str,
     prefix: str,
     public_key_pem: bytes | None = None,
+    object_lock: Mapping[str, Any] | None = None,
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
     part_size: int = DEFAULT_PART_SIZE,
     max_workers: int = DEFAULT_WORKERS,
@@ -340,7 +345,8 @@ def publish_bundle(
     The staging folder is re-verified first (files unchanged since :func:`build_bundle`; signature valid
     when ``public_key_pem`` is given, which is then also published at ``_keys/<key_id>.pub.pem``).
     Safe to call again after a failure part-way; fails with BundleConflictError, without overwriting
-    anything, when the prefix holds (or is claimed by) a different bundle.
+    anything, when the prefix holds (or is claimed by) a different bundle. ``object_lock`` (from
+    :func:`include.compliance.retention.object_lock_settings`) is applied to every object of the bundle.
     """
     from include.compliance.keys import load_public_key
     from include.compliance.verify import verify_directory
@@ -367,8 +373,10 @@ def publish_bundle(
             workers=max_workers,
         )
 
+    lock = dict(object_lock or {})
+
     def small(key_name: str, data: bytes, content_type: str) -> _Upload:
-        return _Upload(key_name, len(data), hashlib.sha256(data).hexdigest(), data, content_type)
+        return _Upload(key_name, len(data), hashlib.sha256(data).hexdigest(), data, content_type, lock)
 
     ensure_bucket(s3_client, bucket)
     if key is not None:
@@ -393,7 +401,12 @@ def publish_bundle(
 
     payload = [
         _Upload(
-            f"{prefix}/{entry.path}", entry.size, entry.sha256, root / entry.path, _content_type(entry.path)
+            f"{prefix}/{entry.path}",
+            entry.size,
+            entry.sha256,
+            root / entry.path,
+            _content_type(entry.path),
+            lock,
         )
         for entry in manifest.files
     ]

@@ -241,6 +241,29 @@ class InferenceSelection(StrictModel):
     count: Annotated[int, Field(ge=1, le=100_000)] = 8
 
 
+class RetentionTransition(StrictModel):
+    days: Annotated[int, Field(ge=1, le=36_500)]
+    storageClass: Literal[
+        "STANDARD_IA", "INTELLIGENT_TIERING", "ONEZONE_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"
+    ]
+
+
+def _default_transitions() -> list[RetentionTransition]:
+    # Glacier Instant Retrieval keeps old bundles downloadable at once, at a fraction of STANDARD's price.
+    return [RetentionTransition(days=90, storageClass="GLACIER_IR")]
+
+
+class Retention(StrictModel):
+    """How long bundles are kept, and how (S3 lifecycle rules on the config's prefix, Object Lock)."""
+
+    years: Annotated[int, Field(ge=1, le=100)] = 10
+    objectLockMode: Literal["GOVERNANCE", "COMPLIANCE"] | None = Field(
+        default=None,
+        description="Object Lock mode of every bundle object (the bucket must have Object Lock).",
+    )
+    transitions: list[RetentionTransition] = Field(default_factory=_default_transitions)
+
+
 class AirflowSettings(StrictModel):
     schedule: str | None = None
     retries: Annotated[int, Field(ge=0, le=20)] = 2
@@ -263,6 +286,7 @@ class Spec(StrictModel):
     owner: Owner | None = None
     budget: Budget | None = None
     inference: InferenceSelection = Field(default_factory=InferenceSelection)
+    retention: Retention = Field(default_factory=Retention)
     airflow: AirflowSettings = Field(default_factory=AirflowSettings)
 
 

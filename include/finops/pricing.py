@@ -26,6 +26,7 @@ class PriceCatalogue:
     prices: dict[str, Decimal]
     gpu_models: dict[str, dict[str, Decimal]] = field(default_factory=dict)
     source: str = ""
+    storage_gib_month: dict[str, Decimal] = field(default_factory=dict)
 
     def price(self, key: str, *, gpu_model: str | None = None) -> Decimal:
         if gpu_model and gpu_model in self.gpu_models and key in self.gpu_models[gpu_model]:
@@ -68,4 +69,7 @@ def load_catalogue(path: Path | str = DEFAULT_CATALOGUE) -> PriceCatalogue:
         model: {k: _decimal(v, f"{path}: gpuModels.{model}.{k}") for k, v in entry.items()}
         for model, entry in (data.get("gpuModels") or {}).items()
     }
-    return PriceCatalogue(currency, effective, prices, gpu_models, str(data.get("source", path.name)))
+    storage = {k: _decimal(v, f"{path}: storage.{k}") for k, v in (data.get("storage") or {}).items()}
+    return PriceCatalogue(
+        currency, effective, prices, gpu_models, str(data.get("source", path.name)), storage
+    )

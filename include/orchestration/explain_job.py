@@ -28,9 +28,10 @@ def _fetch(uri: str, target: Path) -> Path:
         if not path.is_file():
             raise ExplainJobError(f"input {uri} does not exist")
         return path
-    from include.storage import s3_client, split_s3_uri
+    from include.compliance import parse_s3_uri
+    from include.storage import s3_client
 
-    bucket, key = split_s3_uri(uri)
+    bucket, key = parse_s3_uri(uri)
     target.parent.mkdir(parents=True, exist_ok=True)
     s3_client().download_file(bucket, key, str(target))
     return target

@@ -190,11 +190,11 @@ def _read_previous(previous: dict[str, Any] | None, name: str, s3_client: Any) -
     """One JSON file of the previous accepted bundle (None when there is none or it lacks the file)."""
     if previous is None:
         return None
-    from include.storage import split_s3_uri
+    from include.compliance import parse_s3_uri
 
-    bucket, prefix = split_s3_uri(previous["uri"])
+    bucket, prefix = parse_s3_uri(previous["uri"])
     try:
-        body = s3_client.get_object(Bucket=bucket, Key=prefix.rstrip("/") + "/" + name)["Body"].read()
+        body = s3_client.get_object(Bucket=bucket, Key=f"{prefix}/{name}")["Body"].read()
     except Exception:
         return None
     return json.loads(body)
@@ -475,11 +475,46 @@ def publish_step(
     log: LogFn = print,
 ) -> dict[str, Any]:
     """Sign the bundle and publish it, write-once, to the config's bucket and prefix."""
-    from include.compliance import build_bundle, public_key_pem, publish_bundle
+    from include.compliance import build_bundle, ensure_bucket, public_key_pem, publish_bundle
+    from include.compliance.report import render_report
+    from include.compliance.retention import (
+        RetentionError,
+        apply_retention,
+        bundle_storage_cost,
+        object_lock_settings,
+    )
+    from include.finops.pricing import load_catalogue
 
+    retention = load_config(ctx["config_path"]).config.spec.retention
     staging = assemble_bundle(ctx, explain, provenance)
     cost = json.loads((staging / "cost.json").read_text())["summary"]
     fidelity = fidelity_figure(json.loads((staging / "fidelity.json").read_text()))
+    ensure_bucket(s3_client, ctx["bucket"])
+    transitions = [(t.days, t.storageClass) for t in retention.transitions]
+    try:
+        # One lifecycle rule per config prefix (S3 allows 1,000 rules per bucket, not one per run).
+        retention_result = apply_retention(
+            s3_client,
+            ctx["bucket"],
+            ctx["listing_prefix"],
+            years=retention.years,
+            mode=retention.objectLockMode,
+            transitions=transitions,
+        )
+    except RetentionError as exc:
+        if retention.objectLockMode:
+            raise StageFailed(f"retention cannot be applied: {exc}") from None
+        log(f"WARNING: no lifecycle rule applied: {exc}")
+        retention_result = {"applied": False, "reason": str(exc)}
+    lock = object_lock_settings(
+        s3_client, ctx["bucket"], years=retention.years, mode=retention.objectLockMode
+    )
+    bundle_bytes = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
+    storage_prices = load_catalogue().storage_gib_month
+    storage_cost = {
+        cls: bundle_storage_cost(bundle_bytes, price_per_gb_month=float(price))
+        for cls, price in storage_prices.items()
+    }
     run = {
         "dag_id": ctx["dag_id"],
         "run_id": ctx["run_id"],
@@ -500,7 +535,16 @@ def publish_step(
         "fidelity_score": fidelity.get("score"),
         "fidelity_metric": fidelity.get("metric"),
         "explained": explain["explained"],
+        "bundle_bytes_before_signing": bundle_bytes,
+        "bundle_storage_cost_per_month": storage_cost,
+        "retention": {
+            "years": retention.years,
+            "object_lock_mode": retention.objectLockMode,
+            "object_lock_retain_until": str(lock.get("ObjectLockRetainUntilDate") or "") or None,
+            "transitions": transitions,
+        },
     }
+    render_report(staging, run=run, retention=retention_result)
     manifest = build_bundle(staging, run=run, signer=signer, previous=gate.get("previous_bundle"))
     uri = publish_bundle(
         staging,
@@ -508,6 +552,7 @@ def publish_step(
         bucket=ctx["bucket"],
         prefix=ctx["bundle_prefix"],
         public_key_pem=public_key_pem(signer),
+        object_lock=lock,
     )
     log(f"published bundle {manifest.bundle_id} to {uri}")
     _remove_staged_frames(ctx, s3_client)
@@ -518,4 +563,5 @@ def publish_step(
         "currency": cost["currency"],
         "fidelity_score": fidelity.get("score"),
         "fidelity_metric": fidelity.get("metric"),
+        "bundle_storage_cost_per_month": storage_cost,
     }
