@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     from include.embedded import s3_server
 
     server = None
-    if not os.environ.get("S3_ENDPOINT_URL"):
+    if os.environ.get("AIRFLOW_CONN_AWS_DEFAULT") and not os.environ.get("S3_ENDPOINT_URL"):
+        print("== S3: the aws_default connection (AIRFLOW_CONN_AWS_DEFAULT)")
+    elif not os.environ.get("S3_ENDPOINT_URL"):
         server = s3_server.start()
         os.environ["S3_ENDPOINT_URL"] = server.endpoint_url
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -96,7 +98,7 @@ def _run_demo(only: list[str] | None, json_out: Path | None = None) -> int:
         print(f"!! configs that do not validate (their DAGs fail): {', '.join(invalid)}")
     if only:
         dag_ids = [d for d in dag_ids if d in only]
-    client = s3_client()
+    client = _s3_client(s3_client)
     public_key = default_public_key_path().read_bytes()
     downloads = xac_home() / "demo" / "bundles"
     results = []
@@ -142,6 +144,15 @@ def _run_demo(only: list[str] | None, json_out: Path | None = None) -> int:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps([dict(zip(keys, r, strict=True)) for r in results], indent=2) + "\n")
     return 1 if failures else 0
+
+
+def _s3_client(default_factory: object) -> object:
+    """The same client the tasks use: the aws_default connection when only it is configured."""
+    if os.environ.get("AIRFLOW_CONN_AWS_DEFAULT") and not os.environ.get("S3_ENDPOINT_URL"):
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id="aws_default").get_conn()
+    return default_factory()  # type: ignore[operator]
 
 
 def _published(dag_id: str, run_id: str) -> dict:
