@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -120,6 +121,8 @@ def _run_demo(only: list[str] | None, json_out: Path | None = None) -> int:
                 (dag_id, published["uri"], None, None, time.perf_counter() - started, "NOT LISTED")
             )
             continue
+        # The demo keeps the latest verified bundle of each DAG on disk (a rerun replaces it).
+        shutil.rmtree(downloads / dag_id, ignore_errors=True)
         target = download_bundle(client, published["uri"], downloads / dag_id)
         report = verify_bundle(str(target), public_key_pem=public_key)
         status = "verified" if report.ok else "NOT VERIFIED: " + "; ".join(report.problems)
