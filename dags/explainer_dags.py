@@ -52,6 +52,8 @@ process reserved and used) → `fidelity_gate` → `publish_bundle` (signed, wri
 
 def _trigger_identity(context: dict[str, Any]) -> dict[str, Any]:
     """Who or what started this run, and which version of the DAG code it ran."""
+    from include.provenance.stage import git_state
+
     dag_run = context["dag_run"]
     logical_date = getattr(dag_run, "logical_date", None)
     return {
@@ -62,6 +64,9 @@ def _trigger_identity(context: dict[str, Any]) -> dict[str, Any]:
         "run_after": str(getattr(dag_run, "run_after", "") or ""),
         "bundle_name": getattr(dag_run, "bundle_name", None) if hasattr(dag_run, "bundle_name") else None,
         "bundle_version": getattr(dag_run, "bundle_version", None),
+        # The commit of the checkout this DAG file runs from (git-sync, or a local clone), recorded
+        # beside Airflow's bundle version, which only versioned DAG bundles (GitDagBundle) set.
+        "dag_folder_git": git_state(Path(__file__).resolve().parent),
         "try_number": getattr(context.get("ti"), "try_number", None),
     }
 

@@ -114,6 +114,12 @@ def test_sample_dag_publishes_a_bundle_that_verifies(dagbag, dag_id: str, tmp_pa
         "config.yaml",
     ):
         assert (local / name).is_file(), name
+    manifest = json.loads((local / "manifest.json").read_text())
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # the bundle names the commit of the DAG code that ran
+        assert manifest["run"]["identity"]["dag_folder_git"]["commit"] == head.stdout.strip()
+    assert manifest["run"]["config_sha256"] == ctx["config_sha256"]
+    assert (local / "report.html").is_file()
     cost = json.loads((local / "cost.json").read_text())["summary"]
     assert cost["total"] > 0 and cost["explanations"] == len(explanations)
     fidelity = json.loads((local / "fidelity.json").read_text())
