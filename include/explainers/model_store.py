@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from include.digests import sha256_file
 from include.explainers.base import ExplainedModel, Modality
 from include.explainers.catalogue import MODEL_CATALOGUE, known_models
 from include.explainers.errors import ModelLoadError, ModelNotFoundError
@@ -47,14 +48,6 @@ def model_dir(name: str, version: str) -> Path:
 
 def model_path(name: str, version: str) -> Path:
     return model_dir(name, version) / "model.pt"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from include.configuration import LoadedConfig, model_catalogue
+from include.digests import sha256_file
 
 
 class ExplainJobError(RuntimeError):
@@ -35,16 +36,6 @@ def _fetch(uri: str, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     s3_client().download_file(bucket, key, str(target))
     return target
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_explain_job(
@@ -83,9 +74,10 @@ def run_explain_job(
         # The explainer must consume exactly the frames the provenance stage validated.
         for name, path in (("inference", inference_path), ("background", background_path)):
             want = (expected_sha256 or {}).get(name)
-            if want and _sha256(path) != want:
+            got = sha256_file(path) if want else None
+            if want and got != want:
                 raise ExplainJobError(
-                    f"{name} frame {path} has sha256 {_sha256(path)}, but provenance validated {want}: "
+                    f"{name} frame {path} has sha256 {got}, but provenance validated {want}: "
                     "refusing to explain data that was not validated"
                 )
     request = ExplainRequest(

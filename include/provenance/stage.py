@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from include.digests import sha256_file
 from include.paths import REPO_ROOT
 from include.provenance.feature_data import FEATURE_REPO_DIR, FEATURE_STORE_YAML
 
@@ -64,14 +65,6 @@ class ProvenanceResult:
 def entity_hash(salt: str, entity_id: str) -> str:
     """HMAC-SHA256 of an entity id keyed with the run salt (hex)."""
     return hmac.new(salt.encode("utf-8"), str(entity_id).encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sha256_source(path: Path) -> str:
