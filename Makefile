@@ -13,7 +13,7 @@ export AIRFLOW__CORE__UNIT_TEST_MODE ?= False
 export GX_ANALYTICS_ENABLED ?= false
 export PYTHONDONTWRITEBYTECODE ?= 1
 
-.PHONY: help venv samples demo test lint bench s3 clean
+.PHONY: help venv samples demo test lint bench s3 s3-stop airflow airflow-down clean
 
 help:
 	@echo "make demo   - set up .venv, sample data and models, run every sample DAG, verify the bundles"
@@ -21,6 +21,7 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make bench  - benchmarks (bench/)"
 	@echo "make s3     - start the loopback S3 server in the background (stop: make s3-stop)"
+	@echo "make airflow - real Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1:8080; Ctrl-C stops"
 
 # The venv is rebuilt only when the pins change (idempotent).
 $(STAMP): requirements.txt constraints.txt pyproject.toml
@@ -31,13 +32,20 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 
 venv: $(STAMP)
 
+# focus-validator needs numpy<2: it gets a venv of its own, used by the FinOps tests.
+FOCUS_VENV := $(VENV)/focus-validator
+$(FOCUS_VENV)/.installed: requirements-focus.txt | $(STAMP)
+	@test -x $(FOCUS_VENV)/bin/python || $(PYTHON) -m venv $(FOCUS_VENV)
+	$(FOCUS_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-focus.txt
+	@touch $@
+
 samples: venv
 	$(VENV)/bin/xac samples prepare
 
 demo: venv
 	$(PY) scripts/demo.py
 
-test: venv
+test: venv $(FOCUS_VENV)/.installed
 	scripts/run_tests.sh
 
 lint: venv
@@ -54,6 +62,12 @@ s3: venv
 
 s3-stop: venv
 	$(PY) -m include.embedded.s3_server stop
+
+airflow: venv
+	$(PY) scripts/airflow_stack.py up
+
+airflow-down: venv
+	$(PY) scripts/airflow_stack.py down
 
 clean:
 	rm -rf $(XAC_HOME)

@@ -41,7 +41,8 @@ Explains **{model}** with **{explainer_type} / {method}** and publishes a signed
 | Bundles | `s3://{bucket}/{prefix}` |
 
 **Stages**: `load_config` → `provenance` (Feast point-in-time retrieval + Great Expectations; a
-failed expectation stops the run before anything is explained) → `explain` (`xac explain`, the
+failed expectation stops the run before anything is explained) → `plan` (pre-flight cost estimate
+against the budget: stop, or lower numSamples/steps when the budget allows) → `explain` (`xac explain`, the
 explainer pod's command; a local process on the embedded default) → `meter_cost` (price of what the
 process reserved and used) → `fidelity_gate` → `publish_bundle` (signed, write-once, in S3).
 
@@ -209,17 +210,23 @@ def build_dag(loaded: LoadedConfig) -> DAG:
 
             return _fail_on_stage_error(provenance_step, ctx, _s3_client())
 
+        @task(retries=0)
+        def plan(ctx: dict[str, Any], prov: dict[str, Any]) -> dict[str, Any]:
+            from include.orchestration.pipeline import plan_step
+
+            return _fail_on_stage_error(plan_step, ctx, prov)
+
         @task
-        def explain(ctx: dict[str, Any], prov: dict[str, Any]) -> dict[str, Any]:
+        def explain(ctx: dict[str, Any], prov: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
             from include.orchestration.pipeline import explain_step
 
-            return _fail_on_stage_error(explain_step, ctx, prov, _s3_client())
+            return _fail_on_stage_error(explain_step, ctx, prov, budget, _s3_client())
 
         @task
-        def meter_cost(ctx: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        def meter_cost(ctx: dict[str, Any], result: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
             from include.orchestration.pipeline import meter_step
 
-            return meter_step(ctx, result)
+            return meter_step(ctx, result, budget)
 
         @task
         def fidelity_gate(
@@ -250,8 +257,9 @@ def build_dag(loaded: LoadedConfig) -> DAG:
 
         ctx = start()
         prov = provenance(ctx)
-        result = explain(ctx, prov)
-        cost = meter_cost(ctx, result)
+        budget = plan(ctx, prov)
+        result = explain(ctx, prov, budget)
+        cost = meter_cost(ctx, result, budget)
         gate = fidelity_gate(ctx, result, prov)
         cost >> gate
         publish_bundle(ctx, result, prov, gate, cost)

@@ -228,6 +228,14 @@ def cmd_samples_prepare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cost(args: argparse.Namespace) -> int:
+    from include.finops.cli import run_cost_command
+
+    return run_cost_command(
+        args.pod, args.pricing, args.usage, node_path=args.node, cluster_profile_path=args.cluster_profile
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xac", description="Explainability-as-Code command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", default=os.environ.get("TMPDIR", "/tmp") + "/xac-provenance", metavar="DIR")
     check.add_argument("--inference-ids", nargs="+", metavar="ID")
     check.set_defaults(func=cmd_provenance_check)
+
+    cost = sub.add_parser("cost", help="price one finished Kubernetes pod as FOCUS rows (JSON)")
+    cost.add_argument("--pod", required=True, metavar="POD.json")
+    cost.add_argument("--pricing", metavar="PATH", help="catalogue YAML or OpenCost custom-pricing JSON")
+    cost.add_argument(
+        "--usage",
+        metavar="USAGE.json",
+        help='{"containers": {NAME: {"cpu_cores_avg", "memory_peak_bytes", "gpu_utilisation"}}}',
+    )
+    cost.add_argument("--node", metavar="NODE.json", help="the pod's node: GPU model, spot, region")
+    cost.add_argument("--cluster-profile", metavar="PATH", help="MIG / time-slicing / spot-label rules")
+    cost.set_defaults(func=cmd_cost)
 
     samples = sub.add_parser("samples", help="sample data and models of the embedded default")
     samples_sub = samples.add_subparsers(dest="samples_command", required=True)

@@ -232,6 +232,11 @@ class Owner(StrictModel):
 class Budget(StrictModel):
     maxCostPerRun: Annotated[float, Field(gt=0, le=1_000_000)]
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    onExceed: Literal["fail", "shrink"] = Field(
+        default="fail",
+        description="When the pre-flight estimate exceeds the budget: stop the run, or lower "
+        "numSamples/steps to fit (recorded in the bundle).",
+    )
 
 
 class InferenceSelection(StrictModel):

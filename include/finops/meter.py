@@ -11,12 +11,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
+from functools import lru_cache
 from typing import Any
 
 from include.finops.pricing import PriceCatalogue
 
 GIB = 2**30
 _CENT_PRECISION = Decimal("0.0000000001")
+_HOUR = Decimal(3600)
 
 
 @dataclass(frozen=True)
@@ -67,86 +69,208 @@ def _money(value: Decimal) -> float:
 
 
 def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    t = ts.astimezone(UTC)
+    # the same text as strftime("%Y-%m-%dT%H:%M:%SZ"), at a third of its cost (hot in bulk pricing)
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}Z"
 
 
-def price_usage(
-    usage: ResourceUsage, request: ResourceRequest, labels: RunLabels, catalogue: PriceCatalogue
+@lru_cache(maxsize=256)
+def _period_texts(year: int, month: int) -> tuple[str, str]:
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + 1, 1, 1, tzinfo=UTC) if month == 12 else datetime(year, month + 1, 1, tzinfo=UTC)
+    return _iso(start), _iso(end)
+
+
+# CostLine and ChargeScope are built once per container/pod in bulk pricing: plain slotted
+# dataclasses construct several times faster than frozen ones (no object.__setattr__ per field).
+@dataclass(slots=True)
+class CostLine:
+    """One priced quantity: a resource (CPU, RAM or GPU) of one container/process over the runtime.
+
+    ``requested`` and ``used`` are in pricing units (cores, GiB, GPUs); ``used`` is None when no
+    measurement exists, and then the request alone is billed.
+    """
+
+    resource: str
+    requested: float
+    used: float | None
+    price_key: str
+    gpu_model: str | None = None
+    container: str | None = None
+    detail: str | None = None
+    usage_source: str | None = None  # overrides the scope's (per container for pods)
+
+
+@dataclass(slots=True)
+class ChargeScope:
+    """What the rows are about: the FOCUS resource and the facts the price does not depend on."""
+
+    resource_id: str
+    resource_name: str
+    resource_type: str
+    usage_source: str  # "measured" (local process), "usage-file", "requests-only"
+    region: str | None = None
+    zone: str | None = None
+    sub_account: str | None = None  # the Kubernetes namespace
+    tags: dict[str, str] | None = None
+    extra: dict[str, Any] | None = None  # further x_ columns
+
+
+UNITS = {"CPU": "vCPU-Hours", "RAM": "GiB-Hours", "GPU": "GPU-Hours"}
+
+
+def run_tags(labels: RunLabels) -> dict[str, str]:
+    """FOCUS ``Tags`` of a run: the same keys a pod carries as labels/annotations."""
+    tags = {
+        "xac.dev/model": labels.model,
+        "xac.dev/model-version": labels.model_version,
+        "xac.dev/config": labels.config_name,
+        "xac.dev/run-id": labels.run_id,
+        "xac.dev/shard": str(labels.shard),
+        "xac.dev/team": labels.team,
+    }
+    if labels.cost_center:
+        tags["xac.dev/cost-center"] = labels.cost_center
+    return tags
+
+
+def cost_rows(
+    lines: list[CostLine],
+    *,
+    started_at: datetime,
+    finished_at: datetime,
+    labels: RunLabels,
+    scope: ChargeScope,
+    catalogue: PriceCatalogue,
 ) -> list[dict[str, Any]]:
-    """FOCUS-aligned cost rows, one per resource, for one process/pod."""
-    hours = Decimal(str(usage.wall_seconds)) / Decimal(3600)
+    """FOCUS 1.0 rows, one per line: billed quantity max(request, usage) × runtime × unit price.
+
+    The one row builder of the project (local processes and Kubernetes pods). Columns that a
+    per-run record cannot fill honestly are present and null (see include/finops/focus.py).
+    """
+    wall = max((finished_at - started_at).total_seconds(), 0.0)
+    hours = Decimal(repr(wall)) / _HOUR
     spot = labels.capacity == "spot"
-    used_cores = usage.cpu_seconds / usage.wall_seconds if usage.wall_seconds > 0 else 0.0
-    lines = [
-        ("CPU", "vCPU-Hours", request.cpu_cores, used_cores, "spotCPU" if spot else "CPU"),
-        (
-            "RAM",
-            "GiB-Hours",
-            request.memory_bytes / GIB,
-            usage.peak_memory_bytes / GIB,
-            "spotRAM" if spot else "RAM",
-        ),
-    ]
-    if usage.gpu_count > 0:
-        lines.append(("GPU", "GPU-Hours", usage.gpu_count, usage.gpu_count, "spotGPU" if spot else "GPU"))
-    start, end = usage.started_at.astimezone(UTC), usage.finished_at.astimezone(UTC)
-    period_start = start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    next_month = (
-        period_start.replace(year=period_start.year + 1, month=1)
-        if period_start.month == 12
-        else period_start.replace(month=period_start.month + 1)
-    )
-    resource_id = f"{labels.backend}/{labels.config_name}/{labels.run_id}/shard-{labels.shard}"
+    start, end = started_at.astimezone(UTC), finished_at.astimezone(UTC)
+    period_start_text, period_end_text = _period_texts(start.year, start.month)
+    # Everything that does not depend on the line is computed once per run/pod (the pod
+    # benchmark prices 10,000 pods a second; per-row work is what costs).
+    base: dict[str, Any] = {
+        "BillingCurrency": catalogue.currency,
+        "BillingAccountId": labels.cost_center or labels.team,
+        "BillingAccountName": labels.team,
+        "BillingPeriodStart": period_start_text,
+        "BillingPeriodEnd": period_end_text,
+        "ChargePeriodStart": _iso(start),
+        "ChargePeriodEnd": _iso(end),
+        "ChargeCategory": "Usage",
+        "ChargeClass": None,
+        "ChargeFrequency": "Usage-Based",
+        "PricingCategory": "Dynamic" if spot else "Standard",
+        "CommitmentDiscountCategory": None,
+        "CommitmentDiscountId": None,
+        "CommitmentDiscountName": None,
+        "CommitmentDiscountStatus": None,
+        "CommitmentDiscountType": None,
+        "ResourceId": scope.resource_id,
+        "ResourceName": scope.resource_name,
+        "ResourceType": scope.resource_type,
+        "RegionId": scope.region,
+        "RegionName": scope.region,
+        "AvailabilityZone": scope.zone,
+        "SubAccountId": scope.sub_account,
+        "SubAccountName": scope.sub_account,
+        "ServiceCategory": "AI and Machine Learning",
+        "ServiceName": "Explainability-as-Code",
+        "ProviderName": "self-hosted",
+        "PublisherName": "self-hosted",
+        "InvoiceIssuerName": "self-hosted",
+        "Tags": scope.tags if scope.tags is not None else run_tags(labels),
+        "x_Model": labels.model,
+        "x_ModelVersion": labels.model_version,
+        "x_ConfigName": labels.config_name,
+        "x_RunId": labels.run_id,
+        "x_Shard": labels.shard,
+        "x_Team": labels.team,
+        "x_CostCenter": labels.cost_center,
+        "x_RuntimeSeconds": wall,
+        "x_Backend": labels.backend,
+        "x_CapacityType": labels.capacity,
+    }
+    if scope.extra:
+        base.update(scope.extra)
+    who = f"explainer run {labels.run_id} shard {labels.shard}"
     rows = []
-    for resource, unit, requested, used, price_key in lines:
-        billed_quantity = Decimal(str(max(requested, used))) * hours
-        unit_price = catalogue.price(price_key)
-        cost = billed_quantity * unit_price
+    for line in lines:
+        billed = line.requested if line.used is None or line.used < line.requested else line.used
+        billed_quantity = Decimal(repr(billed)) * hours
+        unit_price = catalogue.price(line.price_key, gpu_model=line.gpu_model)
+        cost = _money(billed_quantity * unit_price)
+        unit = UNITS[line.resource]
+        sku = line.resource if line.gpu_model is None else f"{line.resource}/{line.gpu_model}"
         rows.append(
             {
-                "BilledCost": _money(cost),
-                "EffectiveCost": _money(cost),
-                "ListCost": _money(cost),
-                "ContractedCost": _money(cost),
-                "BillingCurrency": catalogue.currency,
-                "BillingPeriodStart": _iso(period_start),
-                "BillingPeriodEnd": _iso(next_month),
-                "ChargePeriodStart": _iso(start),
-                "ChargePeriodEnd": _iso(end),
-                "ChargeCategory": "Usage",
-                "ChargeFrequency": "Usage-Based",
-                "ChargeDescription": f"{resource} for explainer run {labels.run_id} shard {labels.shard}",
-                "PricingCategory": "Dynamic" if spot else "Standard",
+                **base,
+                "BilledCost": cost,
+                "EffectiveCost": cost,
+                "ListCost": cost,
+                "ContractedCost": cost,
+                "ChargeDescription": (
+                    f"{line.resource} for {who}"
+                    if line.container is None
+                    else f"{line.resource} of container {line.container} for {who}"
+                ),
                 "PricingQuantity": float(billed_quantity),
                 "PricingUnit": unit,
                 "ConsumedQuantity": float(billed_quantity),
                 "ConsumedUnit": unit,
                 "ListUnitPrice": float(unit_price),
                 "ContractedUnitPrice": float(unit_price),
-                "ResourceId": resource_id,
-                "ResourceName": f"{labels.config_name} shard {labels.shard}",
-                "ResourceType": "Kubernetes Pod" if labels.backend == "kubernetes" else "Local Process",
-                "ServiceCategory": "AI and Machine Learning",
-                "ServiceName": "Explainability-as-Code",
-                "ProviderName": "self-hosted",
-                "PublisherName": "self-hosted",
-                "InvoiceIssuerName": "self-hosted",
-                "x_Model": labels.model,
-                "x_ModelVersion": labels.model_version,
-                "x_ConfigName": labels.config_name,
-                "x_RunId": labels.run_id,
-                "x_Shard": labels.shard,
-                "x_Team": labels.team,
-                "x_CostCenter": labels.cost_center,
-                "x_Resource": resource,
-                "x_RequestQuantity": requested,
-                "x_UsageQuantity": used,
-                "x_RuntimeSeconds": usage.wall_seconds,
-                "x_PriceKey": price_key,
-                "x_Backend": labels.backend,
+                "SkuId": f"xac/{sku}",
+                "SkuPriceId": f"xac/{line.price_key}"
+                + (f"/{line.gpu_model}" if line.gpu_model else "")
+                + f"@{catalogue.effective_date or 'undated'}",
+                "x_Resource": line.resource,
+                "x_Container": line.container,
+                "x_RequestQuantity": line.requested,
+                "x_UsageQuantity": line.used,
+                "x_PriceKey": line.price_key,
+                "x_GpuModel": line.gpu_model,
+                "x_QuantityDetail": line.detail,
+                "x_UsageSource": line.usage_source or scope.usage_source,
             }
         )
     return rows
+
+
+def price_usage(
+    usage: ResourceUsage, request: ResourceRequest, labels: RunLabels, catalogue: PriceCatalogue
+) -> list[dict[str, Any]]:
+    """FOCUS-aligned cost rows, one per resource, for one measured process."""
+    spot = labels.capacity == "spot"
+    used_cores = usage.cpu_seconds / usage.wall_seconds if usage.wall_seconds > 0 else 0.0
+    lines = [
+        CostLine("CPU", request.cpu_cores, used_cores, "spotCPU" if spot else "CPU"),
+        CostLine(
+            "RAM", request.memory_bytes / GIB, usage.peak_memory_bytes / GIB, "spotRAM" if spot else "RAM"
+        ),
+    ]
+    if usage.gpu_count > 0:
+        lines.append(CostLine("GPU", usage.gpu_count, usage.gpu_count, "spotGPU" if spot else "GPU"))
+    scope = ChargeScope(
+        resource_id=f"{labels.backend}/{labels.config_name}/{labels.run_id}/shard-{labels.shard}",
+        resource_name=f"{labels.config_name} shard {labels.shard}",
+        resource_type="Kubernetes Pod" if labels.backend == "kubernetes" else "Local Process",
+        usage_source="measured",
+    )
+    return cost_rows(
+        lines,
+        started_at=usage.started_at,
+        finished_at=usage.finished_at,
+        labels=labels,
+        scope=scope,
+        catalogue=catalogue,
+    )
 
 
 def summarise(

@@ -253,6 +253,79 @@ def provenance_step(ctx: dict[str, Any], s3_client: Any = None, log: LogFn = pri
     }
 
 
+DEFAULT_BUDGET_PARAM = {"KernelSHAP": ("numSamples", 500), "IntegratedGradients": ("steps", 50)}
+
+
+def _resource_request(loaded: LoadedConfig) -> Any:
+    from include.finops.meter import ResourceRequest
+
+    requests = loaded.config.spec.resourceRequirements
+    return ResourceRequest(requests.cpu_cores, requests.memory_bytes, requests.gpu_count)
+
+
+def plan_step(ctx: dict[str, Any], provenance: dict[str, Any], log: LogFn = print) -> dict[str, Any]:
+    """Estimate the run's cost before any explanation is computed; stop or shrink to fit the budget.
+
+    The estimate scales the cost of earlier runs of the same model and method (the cost store) by the
+    work (instances × numSamples or steps); with no history it uses a conservative prior.
+    """
+    from include.finops.plan import estimate_run_cost, fit_to_budget
+    from include.finops.pricing import load_catalogue
+    from include.finops.store import CostStore
+
+    loaded = load_config(ctx["config_path"])
+    budget = loaded.config.spec.budget
+    assert budget is not None
+    name, default = DEFAULT_BUDGET_PARAM[ctx["method"]]
+    params = dict(ctx["params"])
+    samples = int(params.get(name, default))
+    estimate = estimate_run_cost(
+        method=ctx["method"],
+        num_samples_or_steps=samples,
+        instances=len(provenance["inference_ids"]),
+        shards=1,
+        request=_resource_request(loaded),
+        history=CostStore().history(ctx["model_name"], ctx["method"]),
+        catalogue=load_catalogue(),
+    )
+    plan = {
+        "basis": estimate.basis,
+        "estimate": estimate.cost,
+        "estimate_high": estimate.cost_high,
+        "currency": estimate.currency,
+        "budget": budget.maxCostPerRun,
+        "on_exceed": budget.onExceed,
+        name: samples,
+        "shrunk_from": None,
+        "params": params,
+    }
+    log(
+        f"plan: {estimate.method} on {estimate.instances} instances × {name} {samples}: estimated "
+        f"{estimate.cost:.6f} (high {estimate.cost_high:.6f}) {estimate.currency} from {estimate.basis}; "
+        f"budget {budget.maxCostPerRun}"
+    )
+    if estimate.cost_high > budget.maxCostPerRun:
+        fitted = fit_to_budget(estimate, budget.maxCostPerRun) if budget.onExceed == "shrink" else None
+        if fitted is None:
+            _write_json(Path(ctx["workspace"]) / "plan.json", plan | {"decision": "refused"})
+            raise StageFailed(
+                f"estimated cost {estimate.cost_high:.6f} {estimate.currency} exceeds the budget "
+                f"{budget.maxCostPerRun} (onExceed: {budget.onExceed}); nothing was explained"
+            )
+        log(f"plan: lowering {name} from {samples} to {fitted} to fit the budget")
+        params[name] = fitted
+        plan |= {
+            "shrunk_from": samples,
+            name: fitted,
+            "params": params,
+            "estimate": estimate.cost_for(fitted),
+            "estimate_high": estimate.cost_for(fitted) * estimate.high_factor,
+        }
+    plan["decision"] = "shrunk" if plan["shrunk_from"] else "within budget"
+    _write_json(Path(ctx["workspace"]) / "plan.json", plan)
+    return plan
+
+
 def explain_command(ctx: dict[str, Any], provenance: dict[str, Any], out_dir: Path) -> list[str]:
     """The explainer entrypoint, the same command a Kubernetes pod runs."""
     command = [
@@ -284,9 +357,15 @@ def explain_command(ctx: dict[str, Any], provenance: dict[str, Any], out_dir: Pa
 
 
 def explain_step(
-    ctx: dict[str, Any], provenance: dict[str, Any], s3_client: Any = None, log: LogFn = print
+    ctx: dict[str, Any],
+    provenance: dict[str, Any],
+    plan: dict[str, Any] | None = None,
+    s3_client: Any = None,
+    log: LogFn = print,
 ) -> dict[str, Any]:
     """Run ``xac explain`` as a local process, stream its log, measure what it used."""
+    if plan is not None:  # the plan may have lowered numSamples/steps to fit the budget
+        ctx = ctx | {"params": plan["params"]}
     from include.orchestration.local_process import ProcessFailed, child_environment, run_measured
 
     workspace = Path(ctx["workspace"])
@@ -313,13 +392,26 @@ def explain_step(
             raise StageFailed(str(exc)) from None
     _write_json(workspace / "usage.json", usage.to_json())
     summary = json.loads((out_dir / "run_summary.json").read_text())
-    return {"out_dir": str(out_dir), "usage": usage.to_json(), "explained": summary["counts"]["explanations"]}
+    return {
+        "out_dir": str(out_dir),
+        "usage": usage.to_json(),
+        "explained": summary["counts"]["explanations"],
+        "params": ctx["params"],
+    }
 
 
-def meter_step(ctx: dict[str, Any], explain: dict[str, Any], log: LogFn = print) -> dict[str, Any]:
-    """Price the explainer process from its measured usage; check the budget."""
-    from include.finops.meter import ResourceRequest, ResourceUsage, RunLabels, price_usage, summarise
+def meter_step(
+    ctx: dict[str, Any], explain: dict[str, Any], plan: dict[str, Any] | None = None, log: LogFn = print
+) -> dict[str, Any]:
+    """Price the explainer process from its measured usage; compare with the plan and the budget.
+
+    The rows also go to the cost store (cost per model per month; history for the next plan) and,
+    as a FOCUS 1.0 CSV, into the bundle.
+    """
+    from include.finops.focus import write_focus_csv
+    from include.finops.meter import ResourceUsage, RunLabels, price_usage, summarise
     from include.finops.pricing import load_catalogue
+    from include.finops.store import CostStore
 
     loaded = load_config(ctx["config_path"])
     spec = loaded.config.spec
@@ -337,7 +429,7 @@ def meter_step(ctx: dict[str, Any], explain: dict[str, Any], log: LogFn = print)
     catalogue = load_catalogue()
     rows = price_usage(
         usage,
-        ResourceRequest(requests.cpu_cores, requests.memory_bytes, requests.gpu_count),
+        _resource_request(loaded),
         RunLabels(
             model=ctx["model_name"],
             model_version=ctx["model_version"],
@@ -364,8 +456,29 @@ def meter_step(ctx: dict[str, Any], explain: dict[str, Any], log: LogFn = print)
         summary["notes"].append(
             f"the config requests {requests.gpu} GPU; the local backend allocates none, so no GPU is billed"
         )
+    if plan is not None:
+        summary["estimate"] = {k: plan[k] for k in ("estimate", "estimate_high", "basis", "decision")}
+        summary["actual_vs_estimate"] = summary["total"] / plan["estimate"] if plan["estimate"] else None
+        if summary["total"] > plan["estimate_high"]:
+            alert = f"ALERT: run cost {summary['total']:.6f} overran its estimate {plan['estimate_high']:.6f}"
+            summary["notes"].append(alert)
+            log(alert)
     cost = {"rows": rows, "summary": summary}
-    _write_json(Path(ctx["workspace"]) / "cost.json", cost)
+    workspace = Path(ctx["workspace"])
+    _write_json(workspace / "cost.json", cost)
+    write_focus_csv(rows, workspace / "cost.focus.csv")
+    store = CostStore()
+    store.append(rows)
+    name, default = DEFAULT_BUDGET_PARAM[ctx["method"]]
+    store.record_run(
+        config=ctx["config_name"],
+        run_id=ctx["run_id"],
+        model=ctx["model_name"],
+        method=ctx["method"],
+        samples_or_steps=int(explain.get("params", ctx["params"]).get(name, default)),
+        explained=int(explain["explained"]),
+        runtime_seconds=usage.wall_seconds,
+    )
     log(
         f"cost: {summary['total']:.6f} {catalogue.currency} "
         f"(budget {spec.budget.maxCostPerRun} {spec.budget.currency}); per 1,000 explanations: "
@@ -452,6 +565,9 @@ def assemble_bundle(ctx: dict[str, Any], explain: dict[str, Any], provenance: di
         target_name = explanation_file_name(loaded.config, ctx["model_version"], inference_id)
         shutil.copy2(source, explanations / target_name)
     shutil.copy2(workspace / "cost.json", staging / "cost.json")
+    shutil.copy2(workspace / "cost.focus.csv", staging / "cost.focus.csv")
+    if (workspace / "plan.json").exists():
+        shutil.copy2(workspace / "plan.json", staging / "plan.json")
     shutil.copy2(workspace / "fidelity_gate.json", staging / "fidelity_gate.json")
     (staging / "logs").mkdir()
     shutil.copy2(workspace / "logs" / "explain.log", staging / "logs" / "explain.log")

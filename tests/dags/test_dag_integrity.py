@@ -42,6 +42,7 @@ def test_dags_carry_docs_tags_owner_retries_and_params(monkeypatch: pytest.Monke
         assert [t.task_id for t in dag.topological_sort()] == [
             "load_config",
             "provenance",
+            "plan",
             "explain",
             "meter_cost",
             "fidelity_gate",

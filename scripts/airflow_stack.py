@@ -1,0 +1,761 @@
+"""A real Airflow 3 stack on 127.0.0.1: api-server, scheduler, dag-processor and triggerer.
+
+`make airflow` runs ``python scripts/airflow_stack.py up``: it migrates the metadata DB, starts the four
+components (LocalExecutor) as child processes, waits until the api-server answers and the sample DAGs are
+parsed, prints the URL and the login, and stops everything on Ctrl-C. Other commands::
+
+    python scripts/airflow_stack.py status   # exit 0 when the stack answers, 3 when not
+    python scripts/airflow_stack.py down     # stop a stack started by `up` in another terminal
+
+In Python (the end-to-end test)::
+
+    stack = start(db_url="postgresql+psycopg2://postgres@127.0.0.1:5432/xac_e2e_1")
+    runs = stack.api("GET", "/api/v2/dags").json()
+    stop()
+
+Everything lives under ``$XAC_HOME/airflow-stack`` (its own AIRFLOW_HOME, separate from the one
+``make demo`` and the tests use). The metadata DB is the caller's URL, else (``--db auto``) a
+``xac_airflow`` database on the PostgreSQL that answers on 127.0.0.1:5432, else SQLite in that folder.
+S3 for the tasks: ``S3_ENDPOINT_URL`` (or the ``aws_default`` connection) when set, else the background
+server of ``make s3``, else a moto server for the lifetime of ``up`` recording into ``$XAC_HOME/s3``.
+``up`` also prepares the sample data, models and signing key (idempotent; ``--no-samples`` skips it).
+Login: the simple auth manager's ``admin`` user; the password is ``$XAC_AIRFLOW_PASSWORD`` or ``admin``.
+The stack binds to 127.0.0.1 only, so these development credentials are never reachable from elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    # `python scripts/airflow_stack.py` puts scripts/ first on sys.path, not the repository root.
+    sys.path.insert(0, str(REPO_ROOT))
+
+HOST = "127.0.0.1"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+DEFAULT_USER = "admin"
+DEFAULT_PASSWORD = "admin"
+PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
+DEFAULT_PG_DATABASE = "xac_airflow"
+# Every process of a stack inherits this variable. /proc/<pid>/environ is not always readable as such
+# (setproctitle reuses that memory for the process title), so `stop` also finds processes by session
+# and by parentage; the marker catches children that started their own session.
+MARKER_ENV = "XAC_AIRFLOW_STACK_ID"
+EXIT_NOT_RUNNING = 3  # LSB "program is not running", as include.embedded.s3_server uses
+LOCAL_BUNDLES = (
+    '[{"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",'
+    ' "kwargs": {}}]'
+)
+
+
+def stack_home() -> Path:
+    """The stack's AIRFLOW_HOME: under XAC_HOME, never the one `make demo` or the tests use."""
+    from include.paths import xac_home
+
+    return xac_home() / "airflow-stack"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- metadata DB
+
+
+def postgres_answers(timeout: float = 2.0) -> bool:
+    """True when the local PostgreSQL accepts the trust-auth ``postgres`` user on 127.0.0.1:5432."""
+    try:
+        import psycopg2
+    except ImportError:
+        return False
+    try:
+        conn = psycopg2.connect(
+            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=int(timeout)
+        )
+    except Exception:
+        return False
+    conn.close()
+    return True
+
+
+def postgres_url(database: str) -> str:
+    return f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+
+
+def create_postgres_database(database: str, *, fresh: bool) -> str:
+    """Create ``database`` on the local PostgreSQL (dropping it first when ``fresh``); return its URL."""
+    import psycopg2
+
+    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=2)
+    conn.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
+    try:
+        with conn.cursor() as cur:
+            if fresh:
+                cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        conn.close()
+    return postgres_url(database)
+
+
+def drop_postgres_database(database: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=2)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            # FORCE: a component killed mid-query may leave a backend connected for a moment.
+            cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
+def sqlite_url(home: Path) -> str:
+    return f"sqlite:///{home / 'airflow.db'}"
+
+
+def resolve_db(choice: str, home: Path) -> str:
+    """``auto`` (local PostgreSQL, else SQLite), ``sqlite``, ``postgres`` or a SQLAlchemy URL."""
+    if choice == "sqlite":
+        return sqlite_url(home)
+    if choice in ("auto", "postgres"):
+        if postgres_answers():
+            return create_postgres_database(DEFAULT_PG_DATABASE, fresh=False)
+        if choice == "postgres":
+            raise RuntimeError(f"no PostgreSQL answers on {PG_HOST}:{PG_PORT} (user {PG_USER})")
+        return sqlite_url(home)
+    return choice
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks): tells a pid from a reused one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state != "Z"  # a zombie only waits for its parent to reap it
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name: [state, ppid, pgrp, session, ...]."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def stack_processes(stack_id: str, roots: set[int] | frozenset[int] = frozenset()) -> dict[int, str]:
+    """Live processes of a stack (pid -> start time), found three ways.
+
+    * descendants of the ``roots`` (the components' pids), through the parent links;
+    * members of the sessions the components lead (each starts in its own session), which also
+      catches orphans re-parented to init;
+    * processes whose environment carries ``MARKER_ENV=stack_id`` (children that called setsid).
+    """
+    needle = f"{MARKER_ENV}={stack_id}".encode()
+    own = os.getpid()
+    parents: dict[int, int] = {}
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == own:
+            continue
+        pid = int(entry.name)
+        fields = _stat_fields(pid)
+        if fields is None or fields[0] == "Z":
+            continue
+        parents[pid] = int(fields[1])
+        in_session = int(fields[3]) in roots
+        try:
+            marked = needle in (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            marked = False  # gone, or another user's process
+        if in_session or marked or pid in roots:
+            found[pid] = fields[19]
+    changed = True
+    while changed:  # close over the parent links: children of anything found so far
+        changed = False
+        for pid, ppid in parents.items():
+            if pid not in found and (ppid in found or ppid in roots):
+                fields = _stat_fields(pid)
+                if fields is not None:
+                    found[pid] = fields[19]
+                    changed = True
+    return found
+
+
+def _signal_pids(pids: dict[int, str], sig: int) -> None:
+    for pid, started in pids.items():
+        # Only signal the very process we saw, not a newcomer that got the same pid.
+        if _proc_start_time(pid) == started:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+
+def _terminate(pids: dict[int, str], grace: float) -> None:
+    """SIGTERM these processes, then SIGKILL whichever is still alive after ``grace`` seconds."""
+    if not pids:
+        return
+    _signal_pids(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    _signal_pids({p: s for p, s in pids.items() if _alive(p)}, signal.SIGKILL)
+
+
+def kill_stack_processes(
+    stack_id: str, roots: set[int] | frozenset[int] = frozenset(), grace: float = 10.0
+) -> list[int]:
+    """Stop every process of the stack by its id; return the pids found."""
+    pids = stack_processes(stack_id, roots)
+    _terminate(pids, grace)
+    return sorted(pids)
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+def stack_environment(
+    *,
+    home: Path,
+    port: int,
+    db_url: str,
+    stack_id: str,
+    username: str,
+    password_file: Path,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment every component runs with (also what a `airflow` CLI call needs to join it)."""
+    # Inherited Airflow settings (the test session's AIRFLOW_HOME and metadata DB, `make`'s exports) must
+    # not leak in: the stack has its own home and DB. Connections/variables (AIRFLOW_CONN_*, AIRFLOW_VAR_*),
+    # XAC_HOME, S3_ENDPOINT_URL and AWS_* pass through so the tasks see the caller's S3.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW__", "_AIRFLOW")) and k not in ("AIRFLOW_HOME", "AIRFLOW_CONFIG")
+    }
+    venv_bin = str(Path(sys.executable).parent)
+    base_url = f"http://{HOST}:{port}"
+    jwt_secret = secrets.token_urlsafe(32)
+    env.update(
+        {
+            MARKER_ENV: stack_id,
+            "PATH": venv_bin + os.pathsep + env.get("PATH", ""),
+            "AIRFLOW_HOME": str(home),
+            "GX_ANALYTICS_ENABLED": env.get("GX_ANALYTICS_ENABLED", "false"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # LocalExecutor forks `parallelism` workers up front; 32 (the default) is far too many for
+            # a laptop or the 2-core CI box, and the sample DAG's tasks run one after the other anyway.
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": LOCAL_BUNDLES,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
+            "AIRFLOW__CORE__AUTH_MANAGER": (
+                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+            ),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{username}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(password_file),
+            # One secret for every component: the api-server signs the UI/REST tokens and the task
+            # identity tokens the scheduler's workers present to the execution API with it.
+            "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
+            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+            "AIRFLOW__API__HOST": HOST,
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": base_url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
+            "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
+        }
+    )
+    env.update(extra_env or {})
+    return env
+
+
+@dataclass
+class AirflowStack:
+    """Handle on a running stack: its URL, login, processes and start-up timings."""
+
+    home: Path
+    port: int
+    db_url: str
+    username: str
+    password: str
+    env: dict[str, str]
+    stack_id: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    _token: str | None = field(default=None, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs-stack"
+
+    def token(self, *, refresh: bool = False) -> str:
+        """A JWT obtained as the simple auth manager's login page does: POST /auth/token with JSON."""
+        if self._token is None or refresh:
+            import httpx
+
+            response = httpx.post(
+                f"{self.base_url}/auth/token",
+                json={"username": self.username, "password": self.password},
+                timeout=30,
+            )
+            if response.status_code != 201:
+                raise RuntimeError(
+                    f"login as {self.username!r} failed: {response.status_code} {response.text}"
+                )
+            self._token = str(response.json()["access_token"])
+        return self._token
+
+    def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One authenticated REST call (``path`` like ``/api/v2/dags``); returns the httpx response."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token()}", **kwargs.pop("headers", {})}
+        response = httpx.request(method, f"{self.base_url}{path}", headers=headers, timeout=30, **kwargs)
+        if response.status_code == 401:  # expired token: log in again once
+            headers["Authorization"] = f"Bearer {self.token(refresh=True)}"
+            response = httpx.request(method, f"{self.base_url}{path}", headers=headers, timeout=30, **kwargs)
+        return response
+
+    def health(self) -> dict[str, Any] | None:
+        """GET /api/v2/monitor/health (no login needed), or None while the api-server does not answer."""
+        import httpx
+
+        try:
+            response = httpx.get(f"{self.base_url}/api/v2/monitor/health", timeout=2)
+        except httpx.HTTPError:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    def dead_components(self) -> dict[str, int]:
+        return {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
+
+    def log_tail(self, component: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{component}.log"
+        try:
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Terminate every component's process group, then kill anything of this stack still alive."""
+        roots = {p.pid for p in self.processes.values()}
+        # Collected before signalling: once a component exits, its children lose their parent link.
+        known = stack_processes(self.stack_id, roots)
+        for process in self.processes.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        # Task processes (LocalExecutor workers, task supervisors, `xac explain`) may outlive their
+        # parents or have left the process group: stop them by their ids.
+        leftovers = {p: s for p, s in known.items() if _alive(p)}
+        leftovers.update(stack_processes(self.stack_id, roots))
+        _terminate(leftovers, grace=5.0)
+        state_file(self.home).unlink(missing_ok=True)
+
+
+_CURRENT: AirflowStack | None = None
+
+
+def state_file(home: Path) -> Path:
+    return home / "stack.json"
+
+
+def _write_state(stack: AirflowStack, owner_pid: int) -> None:
+    data = {
+        "owner_pid": owner_pid,
+        "stack_id": stack.stack_id,
+        "url": stack.base_url,
+        "port": stack.port,
+        "username": stack.username,
+        "db": _redacted(stack.db_url),
+        # Start times let `down` tell these pids from reused ones.
+        "components": {
+            name: {"pid": p.pid, "started": _proc_start_time(p.pid)} for name, p in stack.processes.items()
+        },
+        "timings": stack.timings,
+    }
+    tmp = state_file(stack.home).with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(state_file(stack.home))
+
+
+def _redacted(url: str) -> str:
+    """The DB URL without a password, for printing."""
+    head, sep, tail = url.rpartition("@")
+    if not sep or "://" not in head:
+        return url
+    scheme, _, userinfo = head.partition("://")
+    return f"{scheme}://{userinfo.split(':', 1)[0]}@{tail}"
+
+
+def expected_dag_count() -> int:
+    """One DAG per config file (valid or not, see dags/explainer_dags.py)."""
+    from include.configuration import discover_config_files
+
+    configs = Path(os.environ.get("XAC_CONFIGS_DIR", REPO_ROOT / "include" / "configs" / "explainers"))
+    return len(discover_config_files(configs))
+
+
+def _airflow_bin() -> str:
+    return str(Path(sys.executable).parent / "airflow")
+
+
+def start(
+    *,
+    db_url: str | None = None,
+    port: int | None = None,
+    home: Path | None = None,
+    username: str = DEFAULT_USER,
+    password: str | None = None,
+    extra_env: dict[str, str] | None = None,
+    timeout: float = 180.0,
+) -> AirflowStack:
+    """Migrate the DB, start the four components and return once the DAGs are listed by the REST API.
+
+    ``db_url=None`` means SQLite under ``home``. ``timeout`` bounds the wait for readiness (the target is
+    well under 60 s; the bound only turns a hang into an error with the components' log tails).
+    """
+    global _CURRENT
+    if _CURRENT is not None:
+        raise RuntimeError(f"a stack already runs at {_CURRENT.base_url}; stop() it first")
+    home = (home or stack_home()).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    previous = _read_state(home)
+    if previous is not None and _alive(int(previous["owner_pid"])):
+        raise RuntimeError(
+            f"{home} is in use by a running stack at {previous['url']} (pid {previous['owner_pid']})"
+        )
+    password = password or os.environ.get("XAC_AIRFLOW_PASSWORD") or DEFAULT_PASSWORD
+    port = port or free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        if probe.connect_ex((HOST, port)) == 0:
+            # Otherwise "the api-server answers" could be some other server answering.
+            raise OSError(f"port {port} on {HOST} is already in use (choose another with --port)")
+    password_file = home / "simple_auth_manager_passwords.json"
+    # The simple auth manager reads {user: password} from this file; writing it ourselves gives a known
+    # login instead of the random password it generates (and prints) for users missing from it.
+    password_file.write_text(json.dumps({username: password}) + "\n")
+    password_file.chmod(0o600)
+    stack_id = secrets.token_hex(8)
+    db = db_url or sqlite_url(home)
+    env = stack_environment(
+        home=home,
+        port=port,
+        db_url=db,
+        stack_id=stack_id,
+        username=username,
+        password_file=password_file,
+        extra_env=extra_env,
+    )
+    stack = AirflowStack(
+        home=home, port=port, db_url=db, username=username, password=password, env=env, stack_id=stack_id
+    )
+    stack.log_dir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    migrate_log = stack.log_dir / "db-migrate.log"
+    with open(migrate_log, "wb") as log:
+        migrated = subprocess.run(
+            [_airflow_bin(), "db", "migrate"], env=env, stdout=log, stderr=subprocess.STDOUT, check=False
+        )
+    if migrated.returncode != 0:
+        tail = "\n".join(migrate_log.read_text(errors="replace").splitlines()[-30:])
+        raise RuntimeError(f"airflow db migrate failed ({migrated.returncode}):\n{tail}")
+    stack.timings["migrate_s"] = round(time.perf_counter() - began, 2)
+    _CURRENT = stack
+    try:
+        launched = time.perf_counter()
+        for component in COMPONENTS:
+            args = [_airflow_bin(), component]
+            if component == "api-server":
+                args += ["--host", HOST, "--port", str(port)]
+            elif component in ("scheduler", "triggerer"):
+                # Their log servers listen on every interface on fixed ports (8793/8794); every
+                # component shares this machine's log folder, so the api-server reads task logs from
+                # disk and only the api-server listens, on 127.0.0.1.
+                args.append("--skip-serve-logs")
+            with open(stack.log_dir / f"{component}.log", "ab") as log:
+                stack.processes[component] = subprocess.Popen(
+                    args,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=home,
+                    start_new_session=True,  # own process group: stop() signals the whole tree
+                )
+        _wait_ready(stack, deadline=time.monotonic() + timeout)
+        stack.timings["components_ready_s"] = round(time.perf_counter() - launched, 2)
+        stack.timings["start_s"] = round(time.perf_counter() - began, 2)
+    except BaseException:
+        stop()
+        raise
+    _write_state(stack, os.getpid())
+    return stack
+
+
+def _wait_ready(stack: AirflowStack, deadline: float) -> None:
+    """Api-server answers, every component heartbeats, and GET /api/v2/dags lists every config's DAG."""
+    expected = expected_dag_count()
+    launched = time.perf_counter()
+    last = "api-server not answering"
+    while time.monotonic() < deadline:
+        dead = stack.dead_components()
+        if dead:
+            name, code = next(iter(dead.items()))
+            raise RuntimeError(f"{name} exited with {code} during start-up:\n{stack.log_tail(name)}")
+        health = stack.health()
+        if health is not None:
+            stack.timings.setdefault("api_answers_s", round(time.perf_counter() - launched, 2))
+            unhealthy = [
+                name
+                for name in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+                if (health.get(name) or {}).get("status") != "healthy"
+            ]
+            if unhealthy:
+                last = f"not healthy yet: {', '.join(unhealthy)}"
+            else:
+                errors = stack.api("GET", "/api/v2/importErrors").json()
+                if errors.get("total_entries"):
+                    problems = "\n".join(e.get("stack_trace", "") for e in errors["import_errors"])
+                    raise RuntimeError(f"the DAG processor reports import errors:\n{problems}")
+                listed = stack.api("GET", "/api/v2/dags", params={"limit": 100}).json()
+                count = int(listed.get("total_entries", 0))
+                if count >= expected:
+                    return
+                last = f"{count} of {expected} DAGs parsed"
+        time.sleep(0.5)
+    tails = "\n".join(f"--- {c}\n{stack.log_tail(c, 15)}" for c in COMPONENTS)
+    raise TimeoutError(f"the Airflow stack was not ready in time ({last})\n{tails}")
+
+
+def stop(stack: AirflowStack | None = None) -> None:
+    """Stop ``stack`` (default: the one this process started)."""
+    global _CURRENT
+    target = stack or _CURRENT
+    if target is None:
+        return
+    target.stop()
+    if target is _CURRENT:
+        _CURRENT = None
+
+
+@contextlib.contextmanager
+def running(**kwargs: Any) -> Iterator[AirflowStack]:
+    stack = start(**kwargs)
+    try:
+        yield stack
+    finally:
+        stop(stack)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _read_state(home: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(state_file(home).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def _s3_for_up() -> tuple[str, Any]:
+    """Where the stack's tasks publish: (description, a moto server this command must stop, or None).
+
+    S3_ENDPOINT_URL or the aws_default connection when set; else the background server of `make s3`;
+    else a moto server for the lifetime of `up` that records into the same ``$XAC_HOME/s3`` state, so
+    `make s3` later replays the bundles published here.
+    """
+    from include.embedded import s3_server
+
+    if os.environ.get("S3_ENDPOINT_URL"):
+        return os.environ["S3_ENDPOINT_URL"], None
+    if os.environ.get("AIRFLOW_CONN_AWS_DEFAULT"):
+        return "the aws_default connection (AIRFLOW_CONN_AWS_DEFAULT)", None
+    server = s3_server.read_pidfile()
+    owned = None
+    if server is None:
+        server = owned = s3_server.start(
+            state_dir=s3_server.default_state_dir(), log_path=s3_server.run_dir() / "s3-stack.log"
+        )
+    os.environ["S3_ENDPOINT_URL"] = server.endpoint_url
+    # moto accepts any credentials; explicit ones keep the tasks away from a developer's AWS profile.
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    how = "started for this stack" if owned else "`make s3`"
+    return f"{server.endpoint_url} (moto, {how})", owned
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    home = stack_home()
+    if not args.no_samples:
+        from include.orchestration.setup import prepare_samples
+
+        # Idempotent; without the sample data, models and key every run would fail at its first task.
+        for line in prepare_samples():
+            print(f"  {line}", flush=True)
+    db = resolve_db(args.db, home)
+    s3_description, own_s3 = _s3_for_up()
+    print(f"starting Airflow in {home} (metadata DB {_redacted(db)}) ...", flush=True)
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        # `down` (or any SIGTERM) behaves like Ctrl-C: leave the wait loop and stop every component.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        stack = start(db_url=db, port=args.port, timeout=args.timeout)
+    except BaseException as exc:
+        if own_s3 is not None:
+            own_s3.stop()
+        if isinstance(exc, KeyboardInterrupt):
+            print("interrupted; stopped", flush=True)
+            return 130
+        raise
+    t = stack.timings
+    print(
+        f"Airflow is up in {t['start_s']:.1f}s (db migrate {t['migrate_s']:.1f}s, "
+        f"components {t['components_ready_s']:.1f}s)\n"
+        f"  UI / REST: {stack.base_url}   (REST API: {stack.base_url}/api/v2)\n"
+        f"  login:     {stack.username} / {stack.password}\n"
+        f"  logs:      {stack.log_dir}/<component>.log; task logs under {stack.home}/logs\n"
+        f"  S3:        {s3_description}\n"
+        "Ctrl-C stops everything.",
+        flush=True,
+    )
+    try:
+        while True:
+            dead = stack.dead_components()
+            if dead:
+                name, code = next(iter(dead.items()))
+                print(f"{name} exited with {code}; stopping the stack\n{stack.log_tail(name)}", flush=True)
+                return 1
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("stopping ...", flush=True)
+        return 0
+    finally:
+        stop(stack)
+        if own_s3 is not None:
+            own_s3.stop()
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    home = stack_home()
+    state = _read_state(home)
+    if state is None:
+        print("not running")
+        return 0
+    owner = int(state["owner_pid"])
+    if _alive(owner) and owner != os.getpid():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(owner, signal.SIGTERM)  # the `up` process stops its components itself
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline and _alive(owner):
+            time.sleep(0.2)
+    roots = {
+        int(info["pid"])
+        for info in state.get("components", {}).values()
+        if info.get("started") and _proc_start_time(int(info["pid"])) == info["started"]
+    }
+    leftovers = kill_stack_processes(str(state["stack_id"]), roots)
+    state_file(home).unlink(missing_ok=True)
+    print(
+        f"stopped the stack at {state['url']}"
+        + (f" (killed {len(leftovers)} leftovers)" if leftovers else "")
+    )
+    return 0
+
+
+def _cmd_status(_: argparse.Namespace) -> int:
+    home = stack_home()
+    state = _read_state(home)
+    if state is None:
+        print("not running")
+        return EXIT_NOT_RUNNING
+    import httpx
+
+    try:
+        health = httpx.get(f"{state['url']}/api/v2/monitor/health", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        print(f"not answering at {state['url']} (stale state in {state_file(home)})")
+        return EXIT_NOT_RUNNING
+    print(f"running at {state['url']} (login {state['username']}, db {state['db']})")
+    for name in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
+        print(f"  {name}: {(health.get(name) or {}).get('status')}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/airflow_stack.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the stack in the foreground; Ctrl-C stops it")
+    up.add_argument(
+        "--db",
+        default=os.environ.get("XAC_AIRFLOW_DB", "auto"),
+        help="auto (local PostgreSQL, else SQLite), sqlite, postgres, or a SQLAlchemy URL",
+    )
+    up.add_argument("--port", type=int, default=int(os.environ.get("XAC_AIRFLOW_PORT", "8080")))
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+    up.add_argument("--no-samples", action="store_true", help="skip preparing the sample data and models")
+    down = sub.add_parser("down", help="stop the stack that `up` started")
+    down.add_argument("--timeout", type=float, default=30.0)
+    sub.add_parser("status", help="exit 0 when the stack answers, 3 when not")
+    args = parser.parse_args(argv)
+    handlers = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
