@@ -121,9 +121,20 @@ class ExplainerSettings(StrictModel):
         default=None, description="IntegratedGradients: integration steps (default 50)."
     )
     integrationMethod: (
-        Literal["gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"]
+        Literal[
+            "gausslegendre",
+            "gausslegendre_adaptive",
+            "riemann_left",
+            "riemann_right",
+            "riemann_middle",
+            "riemann_trapezoid",
+        ]
         | None
     ) = None
+    completenessTolerance: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None,
+        description="IntegratedGradients, gausslegendre_adaptive: completeness gap to reach (default 1e-3).",
+    )
     baseline: Literal["zeros", "background_mean"] | None = None
     internalBatchSize: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
@@ -320,7 +331,7 @@ def semantic_problems(config: ExplainerConfiguration) -> list[tuple[Location, st
                 )
             )
         shap_only = ("numSamples", "imageSuperpixel")
-        ig_only = ("steps", "integrationMethod", "baseline", "internalBatchSize")
+        ig_only = ("steps", "integrationMethod", "baseline", "internalBatchSize", "completenessTolerance")
         for name in shap_only if settings.method in CAPTUM_METHODS else ig_only:
             if getattr(settings, name) is not None:
                 problems.append(

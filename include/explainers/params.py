@@ -19,9 +19,11 @@ KERNEL_SHAP = "KernelSHAP"
 INTEGRATED_GRADIENTS = "IntegratedGradients"
 
 BACKGROUND_STRATEGIES = ("random_subset", "kmeans", "all")
-# captum's IntegratedGradients accepts exactly these integral approximations.
+# captum's integral approximations, plus our adaptive Gauss-Legendre rule (panels refined per row until
+# the completeness gap is within completenessTolerance; ``steps`` is then the cap on evaluations).
 INTEGRATION_METHODS = (
     "gausslegendre",
+    "gausslegendre_adaptive",
     "riemann_left",
     "riemann_right",
     "riemann_middle",
@@ -35,11 +37,11 @@ class ParamSpec:
     """One parameter of an explanation method."""
 
     name: str
-    kind: str  # "int" | "choice" | "baseline"
+    kind: str  # "int" | "float" | "choice" | "baseline"
     default: Any  # None means "chosen at run time" (documented in ``doc``)
     doc: str
-    minimum: int | None = None
-    maximum: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
     choices: tuple[str, ...] = ()
     image_only: bool = False  # only meaningful for models with an image input
 
@@ -106,6 +108,16 @@ PARAMETERS: dict[str, dict[str, ParamSpec]] = {
             "Default: zeros for images, the background mean for tabular features.",
             choices=BASELINES,
         ),
+        "completenessTolerance": ParamSpec(
+            "completenessTolerance",
+            "float",
+            None,
+            "gausslegendre_adaptive only (default 1e-3): refine until "
+            "|sum(attr) - (f(x) - f(x'))| <= tolerance x |f(x) - f(x')| per row "
+            "(it bounds the sum, not each feature's error).",
+            minimum=0.0,
+            maximum=1.0,
+        ),
         "internalBatchSize": ParamSpec(
             "internalBatchSize",
             "int",
@@ -117,6 +129,15 @@ PARAMETERS: dict[str, dict[str, ParamSpec]] = {
         ),
     },
 }
+
+
+def _check_float(spec: ParamSpec, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ParameterError(f"parameter {spec.name} must be a number, got {value!r}")
+    low, high = spec.minimum, spec.maximum
+    if (low is not None and value <= low) or (high is not None and value >= high):
+        raise ParameterError(f"parameter {spec.name} must be in ({low}, {high}), got {value!r}")
+    return float(value)
 
 
 def known_methods() -> list[str]:
@@ -201,6 +222,8 @@ def normalise_params(
             )
         if spec.kind == "int":
             out[name] = _check_int(spec, value)
+        elif spec.kind == "float":
+            out[name] = _check_float(spec, value)
         elif spec.kind == "choice":
             if value not in spec.choices:
                 raise ParameterError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -85,3 +86,138 @@ def test_completeness_on_the_trained_multimodal_model(sample_models: dict, multi
     again = EXPLAINER.explain(model, (images[:3], scan[:3]), background, small, seed=0)
     assert again.details["instances_per_call"] == 1
     np.testing.assert_allclose(again.features, out.features[:3], rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- own engine
+
+
+class _SmallConvNet(nn.Module):
+    """A smooth two-input classifier: conv branch on a 6x6 image + a tabular branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.SiLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.SiLU()
+        )
+        self.tab = nn.Linear(3, 4)
+        self.head = nn.Linear(4 * 3 * 3 + 4, 5)
+
+    def forward(self, image: torch.Tensor, tabular: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.conv(image).flatten(1), torch.tanh(self.tab(tabular))], dim=1))
+
+
+def _conv_case(seed: int = 0, n: int = 6) -> tuple[ExplainedModel, tuple, tuple]:
+    torch.manual_seed(seed)
+    net = _SmallConvNet().double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(3.0)  # sharper than at init: a path integral that needs real work
+    modalities = [
+        Modality("image", "image", tuple(f"px{i}" for i in range(36)), (1, 6, 6)),
+        Modality("tabular", "tabular", ("a", "b", "c"), (3,)),
+    ]
+    model = ExplainedModel(net, modalities, "multiclass", [str(c) for c in range(5)])
+    inputs = (torch.rand(n, 1, 6, 6, dtype=torch.float64) * 2, torch.randn(n, 3, dtype=torch.float64))
+    background = (torch.rand(20, 1, 6, 6, dtype=torch.float64), torch.randn(20, 3, dtype=torch.float64))
+    return model, inputs, background
+
+
+def _ig_params(**overrides: object) -> dict:
+    return {
+        "steps": 50,
+        "integrationMethod": "gausslegendre",
+        "baseline": None,
+        "internalBatchSize": None,
+    } | overrides
+
+
+@pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid", "riemann_middle"])
+def test_captum_rules_give_captums_attributions(method: str) -> None:
+    """Same nodes and weights as captum: the same attributions, through our own passes
+    (channels-last convolutions, float64 accumulation)."""
+    from captum.attr import IntegratedGradients
+
+    model, inputs, background = _conv_case()
+    out = EXPLAINER.explain(model, inputs, background, _ig_params(steps=9, integrationMethod=method), seed=0)
+    assert out.details["channels_last"]
+    baselines = (torch.zeros_like(inputs[0]), background[1].mean(0).expand_as(inputs[1]).contiguous())
+    theirs = IntegratedGradients(model.scores).attribute(
+        inputs, baselines, target=torch.from_numpy(out.targets), n_steps=9, method=method
+    )
+    # captum rounds its step sizes to float32 (2e-8 relative); ours stay float64.
+    np.testing.assert_allclose(out.features, model.flatten(theirs).numpy(), rtol=1e-6, atol=1e-12)
+
+
+def test_adaptive_rule_meets_its_completeness_tolerance() -> None:
+    model, inputs, background = _conv_case(seed=1, n=8)
+    inputs = tuple(6.0 * t for t in inputs)  # far from the baseline: some paths need refining
+    reference = EXPLAINER.explain(model, inputs, background, _ig_params(steps=400), seed=0)
+    params = _ig_params(steps=256, integrationMethod="gausslegendre_adaptive", completenessTolerance=1e-5)
+    out = EXPLAINER.explain(model, inputs, background, params, seed=0)
+    delta = out.outputs - out.baselines
+    error = np.abs(out.features.sum(1) - delta) / np.maximum(np.abs(delta), 1e-6)
+    assert out.per_instance["converged"].all()
+    assert error.max() <= 1e-5
+    assert (out.per_instance["completeness_gap_bound"] <= 1e-5 * np.maximum(np.abs(delta), 1e-6)).all()
+    evaluations = out.per_instance["gradient_evaluations"]
+    assert (evaluations >= 16).all() and (evaluations <= 256).all() and evaluations.max() > 16
+    l1 = np.abs(out.features - reference.features).sum(1) / np.abs(reference.features).sum(1)
+    assert l1.max() < 1e-3  # the per-feature error stays small too
+    assert out.resolved_params["completenessTolerance"] == 1e-5
+
+
+def test_adaptive_rule_stops_at_its_evaluation_cap() -> None:
+    model, inputs, background = _conv_case(seed=2, n=3)
+    inputs = tuple(6.0 * t for t in inputs)
+    capped = _ig_params(steps=24, integrationMethod="gausslegendre_adaptive", completenessTolerance=1e-12)
+    out = EXPLAINER.explain(model, inputs, background, capped, seed=0)
+    assert not out.per_instance["converged"].any()
+    assert (out.per_instance["gradient_evaluations"] <= 24).all()
+    tiny = _ig_params(steps=10, integrationMethod="gausslegendre_adaptive", completenessTolerance=0.5)
+    out = EXPLAINER.explain(model, inputs, background, tiny, seed=0)  # one panel of 10 nodes
+    assert (out.per_instance["gradient_evaluations"] == 10).all() and (out.per_instance["panels"] == 1).all()
+    fixed = EXPLAINER.explain(model, inputs, background, _ig_params(steps=10), seed=0)
+    np.testing.assert_allclose(out.features, fixed.features, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("method", ["gausslegendre", "gausslegendre_adaptive"])
+def test_row_partition_and_threads_do_not_change_the_bits(method: str) -> None:
+    model, inputs, background = _conv_case(seed=3, n=7)
+    model.module.float()
+    model = ExplainedModel(model.module, model.modalities, "multiclass", model.class_names)
+    inputs = tuple(t.float() for t in inputs)
+    params = _ig_params(steps=32, integrationMethod=method, completenessTolerance=1e-4, internalBatchSize=32)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        whole = EXPLAINER.explain(model, inputs, background, params, seed=0, n_global=7)
+        parts = [
+            EXPLAINER.explain(model, tuple(t[lo:hi] for t in inputs), background, params, seed=0, n_global=7)
+            for lo, hi in ((0, 3), (3, 4), (4, 7))
+        ]
+        torch.set_num_threads(1)
+        single = EXPLAINER.explain(model, inputs, background, params, seed=0, n_global=7)
+    finally:
+        torch.set_num_threads(before)
+    assert whole.details["forward_backward_passes"] > 1
+    assert np.array_equal(whole.features, np.concatenate([p.features for p in parts]))
+    assert np.array_equal(whole.features, single.features)
+
+
+def test_the_model_keeps_its_memory_layout_and_weights() -> None:
+    model, inputs, background = _conv_case(seed=4, n=2)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    EXPLAINER.explain(model, inputs, background, _ig_params(steps=4), seed=0)
+    for name, value in model.module.state_dict().items():
+        assert value.is_contiguous(), name
+        assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1.5])
+def test_adaptive_tolerance_must_be_a_fraction(tolerance: float) -> None:
+    from include.explainers.errors import ParameterError
+
+    model, inputs, background = _conv_case(n=1)
+    params = _ig_params(integrationMethod="gausslegendre_adaptive", completenessTolerance=tolerance)
+    with pytest.raises(ParameterError):
+        EXPLAINER.explain(model, inputs, background, params, seed=0)

@@ -192,3 +192,150 @@ def test_background_strategies() -> None:
     np.testing.assert_allclose(weights @ rows.double().numpy(), bg.double().mean(0).numpy(), atol=1e-5)
     rows, weights, _ = summarise_background(bg, "all", 10, seed=1)
     assert rows.shape == (50, 4)
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+
+def _explain_parts(model, x, bg, params, seeds, parts, n_global):
+    return np.concatenate(
+        [
+            EXPLAINER.explain(model, (x[lo:hi],), (bg,), params, 0, seeds[lo:hi], n_global=n_global).players
+            for lo, hi in parts
+        ]
+    )
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_any_partition_of_the_rows_gives_the_same_bits(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Coalitions of several instances share a pass; where a row falls must not change its bits
+    (nor must the number of workers: every pass computes on one thread)."""
+    from include.explainers import kernel_shap
+
+    monkeypatch.setattr(kernel_shap, "PASS_BYTES", 1 << 18)  # ~1024-row passes: many of them
+    torch.manual_seed(6)
+    d = 12
+    net = nn.Sequential(nn.Linear(d, 16), nn.SiLU(), nn.Linear(16, 1))
+    model = ExplainedModel(net, _tabular(d), "binary", ["n", "p"])
+    x, bg = torch.randn(9, d), torch.randn(37, d)
+    params = _params(numSamples=150)
+    seeds = [1000 + i for i in range(9)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        whole = EXPLAINER.explain(model, (x,), (bg,), params, 0, seeds, n_global=9)
+        parts = _explain_parts(model, x, bg, params, seeds, [(0, 4), (4, 5), (5, 9)], 9)
+    finally:
+        torch.set_num_threads(before)
+    assert whole.details["forward_passes"] > 1  # the pairs really spread over several passes
+    assert np.array_equal(whole.players, parts)
+
+
+def test_thread_count_does_not_change_the_bits() -> None:
+    torch.manual_seed(7)
+    d = 10
+    net = nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, 1))
+    model = ExplainedModel(net, _tabular(d), "regression", [])
+    x, bg = torch.randn(5, d), torch.randn(20, d)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(EXPLAINER.explain(model, (x,), (bg,), _params(numSamples=200), seed=1).players)
+    finally:
+        torch.set_num_threads(before)
+    assert np.array_equal(results[0], results[1])
+
+
+def test_background_larger_than_a_pass_is_cut_into_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny passes (a forced 4 KiB working set) cut 300 background rows into segments; the
+    values must equal the one-segment run up to float64 summation order."""
+    from include.explainers import kernel_shap
+
+    torch.manual_seed(8)
+    d = 6
+    net = nn.Sequential(nn.Linear(d, 12), nn.Tanh(), nn.Linear(12, 1)).double()
+    model = ExplainedModel(net, _tabular(d), "regression", [])
+    x, bg = torch.randn(3, d, dtype=torch.float64), torch.randn(300, d, dtype=torch.float64)
+    full = EXPLAINER.explain(model, (x,), (bg,), _params(), seed=0)
+    monkeypatch.setattr(kernel_shap, "PASS_BYTES", 4096)
+    cut = EXPLAINER.explain(model, (x,), (bg,), _params(), seed=0)
+    assert cut.details["chunk_rows"] < 300 < full.details["chunk_rows"]
+    np.testing.assert_allclose(cut.players, full.players, rtol=0, atol=1e-12)
+    for i in range(3):  # and both are the exact values (6 players: every coalition)
+        truth = exact_shapley(_value_fn(net), x[i].numpy(), bg.numpy())
+        assert np.abs(cut.players[i] - truth).max() < 1e-10
+
+
+def test_non_finite_background_values_fall_back_to_exact_selection() -> None:
+    """lerp would turn x's value into NaN where the background is infinite; the explainer then
+    mixes rows with torch.where, which keeps x's value exactly."""
+
+    class Saturating(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, 0] + 2 * x[:, 1] + torch.tanh(x[:, 2])  # tanh(inf) = 1, tanh(nan) = nan
+
+    model = ExplainedModel(Saturating(), _tabular(3), "regression", [])
+    x = torch.tensor([[1.0, 1.0, 0.5]], dtype=torch.float64)
+    bg = torch.zeros(5, 3, dtype=torch.float64)
+    bg[:, 2] = float("inf")
+    out = EXPLAINER.explain(model, (x,), (bg,), _params(), seed=0)
+    np.testing.assert_allclose(out.players[0], [1.0, 2.0, np.tanh(0.5) - 1.0], atol=1e-12)
+
+
+def test_normal_equations_match_least_squares() -> None:
+    from include.explainers.kernel_shap import solve_constrained
+
+    rng = np.random.default_rng(3)
+    for m, budget in ((10, 500), (20, 500), (12, 60), (64, 300)):
+        masks, weights, _ = sample_coalitions(m, budget, rng)
+        values = rng.normal(size=masks.shape[0])
+        phi = solve_constrained(masks, weights, values, 0.7)
+        # Reference: SVD least squares on the same eliminated system.
+        z = masks.astype(float)
+        design, target = z[:, :-1] - z[:, -1:], values - z[:, -1] * 0.7
+        root = np.sqrt(weights)
+        rest, *_ = np.linalg.lstsq(design * root[:, None], target * root, rcond=None)
+        np.testing.assert_allclose(phi, np.append(rest, 0.7 - rest.sum()), rtol=0, atol=1e-9)
+        assert abs(phi.sum() - 0.7) < 1e-12
+
+
+def test_fewer_coalition_pairs_than_players_gets_the_minimum_norm_solution() -> None:
+    from include.explainers.kernel_shap import solve_constrained
+
+    rng = np.random.default_rng(4)
+    masks, weights, _ = sample_coalitions(40, 30, rng)  # 15 pairs, 39 unknowns: rank deficient
+    values = rng.normal(size=masks.shape[0])
+    phi = solve_constrained(masks, weights, values, 1.5)
+    assert np.isfinite(phi).all() and abs(phi.sum() - 1.5) < 1e-12
+    z = masks.astype(float)
+    design, target = z[:, :-1] - z[:, -1:], values - z[:, -1] * 1.5
+    root = np.sqrt(weights)
+    rest, *_ = np.linalg.lstsq(design * root[:, None], target * root, rcond=None)
+    np.testing.assert_allclose(phi[:-1], rest, atol=1e-9)
+
+
+def test_large_classes_are_drawn_uniformly_without_repeats() -> None:
+    """Classes too large to list (C(30, 15) pairs) use rejection draws: distinct, canonical in
+    the middle class, and every player equally likely."""
+    from include.explainers.kernel_shap import _draw_rejecting
+
+    rng = np.random.default_rng(5)
+    blocks = _draw_rejecting(30, [(15, 400), (9, 300)], rng)
+    middle, nine = blocks
+    assert middle.shape == (400, 30) and nine.shape == (300, 30)
+    assert (middle.sum(1) == 15).all() and middle[:, 0].all()  # the member holding player 0
+    assert (nine.sum(1) == 9).all()
+    assert len({r.tobytes() for r in middle}) == 400 and len({r.tobytes() for r in nine}) == 300
+    frequency = nine.mean(0)  # each player is in a size-9 coalition with probability 9/30
+    assert np.abs(frequency - 0.3).max() < 0.1
+
+
+def test_sampled_classes_are_stratified_like_the_design() -> None:
+    """Every instance gets the same enumerated part and the same number of draws per size."""
+    a, wa, _ = sample_coalitions(20, 500, np.random.default_rng(1))
+    b, wb, _ = sample_coalitions(20, 500, np.random.default_rng(2))
+    assert np.array_equal(np.bincount(a.sum(1), minlength=21), np.bincount(b.sum(1), minlength=21))
+    assert np.array_equal(np.sort(wa), np.sort(wb))
+    assert not np.array_equal(a, b)
