@@ -205,6 +205,18 @@ def cmd_bundle_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bundle_presign(args: argparse.Namespace) -> int:
+    from include.compliance import presign_bundle
+
+    links = presign_bundle(_s3(), args.uri, expires_seconds=args.expires)
+    if args.json:
+        print(json.dumps(links, indent=2))
+    else:
+        for path, url in links.items():
+            print(f"{path}\t{url}")
+    return EXIT_OK
+
+
 def cmd_provenance_check(args: argparse.Namespace) -> int:
     from include.configuration import ConfigError, load_config
     from include.orchestration.pipeline import run_provenance_for_config
@@ -284,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("uri", metavar="S3_URI")
     download.add_argument("--to", default=".", metavar="DIR")
     download.set_defaults(func=cmd_bundle_download)
+    presign = bundle_sub.add_parser("presign", help="time-limited download links for every file of a bundle")
+    presign.add_argument("uri", metavar="S3_URI")
+    presign.add_argument(
+        "--expires", type=int, default=3600, metavar="SECONDS", help="default 3600, max 7 days"
+    )
+    presign.add_argument("--json", action="store_true")
+    presign.set_defaults(func=cmd_bundle_presign)
 
     provenance = sub.add_parser("provenance", help="feature-store provenance and data validation")
     provenance_sub = provenance.add_subparsers(dest="provenance_command", required=True)

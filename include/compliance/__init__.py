@@ -42,6 +42,7 @@ from include.compliance.store import (
     fetch_public_key,
     list_bundles,
     parse_s3_uri,
+    presign_bundle,
     publish_bundle,
 )
 from include.compliance.verify import VerificationReport, verify_bundle, verify_directory
@@ -77,6 +78,7 @@ __all__ = [
     "load_signing_key_pem",
     "parse_s3_uri",
     "path_problem",
+    "presign_bundle",
     "public_key_path",
     "public_key_pem",
     "publish_bundle",

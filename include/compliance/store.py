@@ -167,7 +167,8 @@ class _Upload:
     sha256: str
     source: Path | bytes
     content_type: str = "application/octet-stream"
-    # Object Lock retention (ObjectLockMode, ObjectLockRetainUntilDate) applied on the PUT itself.
+    # Applied on the PUT itself: Object Lock retention (ObjectLockMode, ObjectLockRetainUntilDate)
+    # and server-side encryption (ServerSideEncryption, SSEKMSKeyId).
     lock: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -335,6 +336,7 @@ def publish_bundle(
     prefix: str,
     public_key_pem: bytes | None = None,
     object_lock: Mapping[str, Any] | None = None,
+    sse_kms_key_id: str | None = None,
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
     part_size: int = DEFAULT_PART_SIZE,
     max_workers: int = DEFAULT_WORKERS,
@@ -346,7 +348,8 @@ def publish_bundle(
     when ``public_key_pem`` is given, which is then also published at ``_keys/<key_id>.pub.pem``).
     Safe to call again after a failure part-way; fails with BundleConflictError, without overwriting
     anything, when the prefix holds (or is claimed by) a different bundle. ``object_lock`` (from
-    :func:`include.compliance.retention.object_lock_settings`) is applied to every object of the bundle.
+    :func:`include.compliance.retention.object_lock_settings`) is applied to every object of the bundle,
+    and so is SSE-KMS encryption with ``sse_kms_key_id`` when one is given.
     """
     from include.compliance.keys import load_public_key
     from include.compliance.verify import verify_directory
@@ -374,6 +377,8 @@ def publish_bundle(
         )
 
     lock = dict(object_lock or {})
+    if sse_kms_key_id:
+        lock |= {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": sse_kms_key_id}
 
     def small(key_name: str, data: bytes, content_type: str) -> _Upload:
         return _Upload(key_name, len(data), hashlib.sha256(data).hexdigest(), data, content_type, lock)
@@ -672,3 +677,29 @@ def fetch_public_key(s3_client: Any, bucket: str, key_id: str) -> bytes | None:
     if path_problem(key_id) is not None or "/" in key_id:
         raise ValueError(f"bad key id {key_id!r}")
     return _get_bytes(s3_client, bucket, f"{KEYS_PREFIX}/{key_id}.pub.pem")
+
+
+def presign_bundle(s3_client: Any, uri: str, *, expires_seconds: int = 3600) -> dict[str, str]:
+    """Time-limited GET links for every file of a complete bundle (manifest and signature included).
+
+    For a compliance officer without S3 credentials: the links expire after ``expires_seconds``
+    (S3 caps SigV4 links at 7 days). The files are listed from the manifest, so only what the bundle
+    declares is shared; an incomplete bundle (no signature yet) is refused.
+    """
+    if not 1 <= expires_seconds <= 7 * 24 * 3600:
+        raise ValueError("expires_seconds must be between 1 second and 7 days")
+    bucket, prefix = parse_s3_uri(uri)
+    raw = _get_bytes(s3_client, bucket, f"{prefix}/{STATEMENT_NAME}")
+    if raw is None:
+        raise IncompleteBundleError(f"{uri} is not a complete bundle (no {STATEMENT_NAME})")
+    manifest_raw = _get_bytes(s3_client, bucket, f"{prefix}/{MANIFEST_NAME}")
+    if manifest_raw is None:
+        raise IncompleteBundleError(f"{uri} has no {MANIFEST_NAME}")
+    manifest = Manifest.from_bytes(manifest_raw)
+    paths = [MANIFEST_NAME, STATEMENT_NAME, *(entry.path for entry in manifest.files)]
+    return {
+        path: s3_client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": f"{prefix}/{path}"}, ExpiresIn=expires_seconds
+        )
+        for path in paths
+    }

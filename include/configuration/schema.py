@@ -153,6 +153,10 @@ class Integration(StrictModel):
 class Storage(StrictModel):
     type: Literal["s3"] = "s3"
     bucket: Annotated[str, Field(pattern=_BUCKET, description="S3 bucket name.")]
+    kmsKeyId: Annotated[str, Field(min_length=1, max_length=2048)] | None = Field(
+        default=None,
+        description="Encrypt every bundle object with SSE-KMS under this key (id, ARN or alias).",
+    )
     path: str = Field(
         description=(
             "Key template of one explanation. Placeholders: "

@@ -669,6 +669,7 @@ def publish_step(
         prefix=ctx["bundle_prefix"],
         public_key_pem=public_key_pem(signer),
         object_lock=lock,
+        sse_kms_key_id=load_config(ctx["config_path"]).config.spec.storage.kmsKeyId,
     )
     log(f"published bundle {manifest.bundle_id} to {uri}")
     _remove_staged_frames(ctx, s3_client)
