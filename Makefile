@@ -62,6 +62,7 @@ bench: venv
 	-$(PY) bench/bench_integrated_gradients.py
 	-$(PY) bench/bench_cost.py
 	-$(PY) bench/bench_podspec.py
+	-$(PY) bench/bench_bundle.py
 
 s3: venv
 	$(PY) -m include.embedded.s3_server start
