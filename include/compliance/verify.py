@@ -304,5 +304,36 @@ def verify_bundle(
         if manifest is not None:
             for extra in _extra_s3_objects(s3_client, bucket, prefix, manifest):
                 report.problems.append(f"extra object in S3 not in manifest: s3://{bucket}/{extra}")
+            report.problems.extend(_chain_problems(s3_client, manifest))
         report.ok = not report.problems
         return report
+
+
+def _chain_problems(s3_client: Any, manifest: Manifest) -> list[str]:
+    """The hash-chain link: the previous accepted bundle must still exist, complete and unchanged.
+
+    A missing previous bundle, or one whose content address differs from the one this bundle
+    recorded when it was signed, means a bundle of the model was deleted or replaced.
+    """
+    from include.compliance.store import _get_bytes, parse_s3_uri
+
+    link = manifest.previous_bundle
+    if not link:
+        return []
+    try:
+        bucket, prefix = parse_s3_uri(link["uri"])
+    except ValueError:
+        return [f"previous_bundle: {link['uri']!r} is not an s3:// URI"]
+    raw = _get_bytes(s3_client, bucket, f"{prefix}/{MANIFEST_NAME}")
+    if raw is None or _get_bytes(s3_client, bucket, f"{prefix}/{STATEMENT_NAME}") is None:
+        return [f"chain broken: the previous bundle {link['uri']} is missing or incomplete"]
+    try:
+        previous = Manifest.from_bytes(raw)
+    except ManifestError as exc:
+        return [f"chain broken: the previous bundle's manifest does not parse ({exc})"]
+    if previous.bundle_id != link["bundle_id"]:
+        return [
+            f"chain broken: the previous bundle {link['uri']} is {previous.bundle_id}, "
+            f"but this bundle was signed after {link['bundle_id']} (replaced?)"
+        ]
+    return []

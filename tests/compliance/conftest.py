@@ -95,11 +95,16 @@ def staged(tmp_path: Path, signer: Any) -> Callable[..., tuple[Path, Manifest]]:
     """Build a signed bundle in a fresh staging folder: ``staged(name, seed=..., run=...)``."""
 
     def _make(
-        name: str = "stage", *, seed: str = "a", run: dict[str, Any] | None = None, big_bytes: int = 0
+        name: str = "stage",
+        *,
+        seed: str = "a",
+        run: dict[str, Any] | None = None,
+        big_bytes: int = 0,
+        previous: dict[str, str] | None = None,
     ) -> tuple[Path, Manifest]:
         staging = tmp_path / name
         write_sample_files(staging, seed=seed, big_bytes=big_bytes)
-        manifest = build_bundle(staging, run=run or sample_run(), signer=signer)
+        manifest = build_bundle(staging, run=run or sample_run(), signer=signer, previous=previous)
         return staging, manifest
 
     return _make
