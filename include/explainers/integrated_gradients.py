@@ -22,7 +22,7 @@ Evaluation (why not captum's ``attribute``): the path points of a batch of (inst
 tasks go through the model in passes of one fixed shape per job (``internalBatchSize`` rows,
 rounded to whole tasks; the last pass repeats its last task), each pass on one torch thread,
 the passes spread over workers
-(:func:`include.explainers.kernel_shap.run_passes`), and image inputs of convolutional models
+(:func:`include.explainers.base.run_passes`), and image inputs of convolutional models
 in channels-last memory layout, which oneDNN's CPU convolutions run faster (forward+backward
 of the 32x32 benchmark CNN on one core: 5.9-6.1k rows/s against 3.2-5.0k contiguous in passes
 of 64 rows; 2.9k against 1.6k in passes of 1024). Weighted gradient sums accumulate in
@@ -51,9 +51,9 @@ from include.explainers.base import (
     memory_budget_bytes,
     pow2_ceil,
     pow2_floor,
+    run_passes,
 )
 from include.explainers.errors import MethodNotApplicableError, ParameterError
-from include.explainers.kernel_shap import run_passes
 from include.explainers.params import INTEGRATED_GRADIENTS
 
 # Backward keeps activations and their gradients: about 3x a forward pass per row.

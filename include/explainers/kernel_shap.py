@@ -34,13 +34,11 @@ the normal equations (well conditioned for Shapley-kernel designs). On 2 cores t
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +51,7 @@ from include.explainers.base import (
     ExplainedModel,
     Modality,
     instance_seed,
+    run_passes,
 )
 from include.explainers.errors import MethodNotApplicableError, ParameterError
 from include.explainers.params import KERNEL_SHAP
@@ -401,38 +400,6 @@ def pass_shape(chunk_rows: int, n_bg: int) -> tuple[int, int]:
     """
     seg = max(1, min(n_bg, chunk_rows))
     return max(1, chunk_rows // seg), seg
-
-
-@contextlib.contextmanager
-def _single_threaded_ops() -> Iterator[int]:
-    """Run torch ops on one thread each; yields the thread count the caller had configured.
-
-    Passes are then spread over that many Python workers instead (torch releases the GIL
-    inside its kernels). Why not torch's intra-op threads: every op of a small model is a
-    short parallel region ending in a barrier, and when another process holds one of the
-    cores a barrier waits for a descheduled thread. Measured on 2 cores with one busy: 2
-    intra-op threads explained 17-48 rows/s, one thread 360 rows/s. Coarse passes on
-    separate workers never wait on each other, and each pass computes on one thread, so its
-    bits do not depend on the thread count or on which worker ran it.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield threads
-    finally:
-        torch.set_num_threads(threads)
-
-
-def run_passes(count: int, run: Callable[[int], None]) -> None:
-    """``run(k)`` for k in range(count) on as many workers as torch had threads (see above)."""
-    with _single_threaded_ops() as workers:
-        if workers <= 1 or count <= 1:
-            for k in range(count):
-                run(k)
-            return
-        with ThreadPoolExecutor(max_workers=min(workers, count)) as pool:
-            for _ in pool.map(run, range(count)):
-                pass  # surface exceptions
 
 
 def coalition_values(
