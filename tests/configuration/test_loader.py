@@ -176,3 +176,19 @@ def test_cli_validate_exit_codes(tmp_path: Path) -> None:
     failed = subprocess.run([*run, str(good), str(bad)], capture_output=True, text=True)
     assert failed.returncode == 1
     assert f"{bad}:11: spec.explainerConfig.numSamples:" in failed.stdout
+
+
+def test_schema_choices_agree_with_the_explainer_runtime() -> None:
+    """The schema (validated at parse time) and the runtime (validated in the pod) list the same choices."""
+    from typing import get_args
+
+    from include.configuration.schema import ExplainerSettings
+    from include.explainers.params import BACKGROUND_STRATEGIES, INTEGRATION_METHODS, known_methods
+
+    fields = ExplainerSettings.model_fields
+    optional_literal = fields["integrationMethod"].annotation  # Literal[...] | None
+    integration_methods = set(get_args(get_args(optional_literal)[0]))
+
+    assert integration_methods == set(INTEGRATION_METHODS)
+    assert set(get_args(fields["backgroundDataStrategy"].annotation)) == set(BACKGROUND_STRATEGIES)
+    assert set(get_args(fields["method"].annotation)) == set(known_methods())
