@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 export XAC_HOME="${XAC_TEST_HOME:-$(mktemp -d -t xac-test-XXXXXX)}"
 export AIRFLOW_HOME="$XAC_HOME/airflow"
 .venv/bin/ruff check . || exit 1
+scripts/system_packages.sh
 .venv/bin/python -m pytest "$@"
 status=$?
 if [ "$status" -eq 5 ]; then
