@@ -22,9 +22,39 @@ PATH_PLACEHOLDERS: frozenset[str] = frozenset(
     {"model_name", "model_version", "inference_id", "config_name", "namespace"}
 )
 
-SHAP_METHODS = ("KernelSHAP",)
-CAPTUM_METHODS = ("IntegratedGradients",)
-METHODS_BY_TYPE: dict[str, tuple[str, ...]] = {"SHAP": SHAP_METHODS, "Captum": CAPTUM_METHODS}
+SHAP_METHODS = ("KernelSHAP", "ExactShapley", "TreeSHAP", "GradientSHAP", "DeepSHAP")
+# GradientSHAP and DeepSHAP are SHAP estimators computed with Captum: either type accepts them.
+CAPTUM_METHODS = ("IntegratedGradients", "Saliency", "GradientSHAP", "DeepSHAP", "Occlusion")
+LIME_METHODS = ("LIME",)
+COUNTERFACTUAL_METHODS = ("Counterfactual",)
+METHODS_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "SHAP": SHAP_METHODS,
+    "Captum": CAPTUM_METHODS,
+    "LIME": LIME_METHODS,
+    "Counterfactual": COUNTERFACTUAL_METHODS,
+}
+# Kept equal to the runtime's registry (include.explainers.base.METHOD_MODULES) by a test; not
+# imported from there because the runtime's package imports this module (via the catalogue).
+ALL_METHODS: tuple[str, ...] = tuple(
+    dict.fromkeys(m for methods in METHODS_BY_TYPE.values() for m in methods)
+)
+EXPLAINER_TYPES: tuple[str, ...] = tuple(METHODS_BY_TYPE)
+# The method-specific settings each method accepts (the background settings apply to all); any
+# other one set in a config is reported at its line.
+METHOD_SETTINGS: dict[str, frozenset[str]] = {
+    "KernelSHAP": frozenset({"numSamples", "imageSuperpixel"}),
+    "IntegratedGradients": frozenset(
+        {"steps", "integrationMethod", "baseline", "internalBatchSize", "completenessTolerance"}
+    ),
+    "LIME": frozenset({"numSamples", "kernelWidth"}),
+    "Counterfactual": frozenset({"numSamples"}),
+    "ExactShapley": frozenset({"imageSuperpixel"}),
+    "TreeSHAP": frozenset(),
+    "Saliency": frozenset({"abs"}),
+    "GradientSHAP": frozenset({"numSamples", "stdevs"}),
+    "DeepSHAP": frozenset(),
+    "Occlusion": frozenset({"baseline", "slidingWindow", "strides"}),
+}
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 _BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
@@ -106,16 +136,24 @@ class Metadata(StrictModel):
 class ExplainerSettings(StrictModel):
     """`spec.explainerConfig`: the method and its parameters (which apply depends on the method)."""
 
-    method: Literal["KernelSHAP", "IntegratedGradients"] = Field(
-        description="KernelSHAP (explainerType SHAP) or IntegratedGradients (explainerType Captum)."
+    method: Literal[ALL_METHODS] = Field(  # type: ignore[valid-type]
+        description="The explanation method; explainerType groups them: "
+        + "; ".join(f"{t}: {', '.join(ms)}" for t, ms in METHODS_BY_TYPE.items())
+        + "."
     )
     numSamples: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
-        default=None, description="KernelSHAP: coalitions sampled per explained row (default 500)."
+        default=None,
+        description="KernelSHAP: coalitions sampled per explained row (default 500); LIME: perturbations "
+        "per row (default 5000); Counterfactual: random search directions per row (default 256).",
+    )
+    kernelWidth: Annotated[float, Field(gt=0, le=1_000_000)] | None = Field(
+        default=None, description="LIME: width of the proximity kernel (default 0.75 * sqrt(features))."
     )
     backgroundDataStrategy: Literal["random_subset", "kmeans", "all"] = "random_subset"
     backgroundDataSubsetSize: Annotated[int, Field(ge=1, le=100_000)] = 100
     imageSuperpixel: Annotated[int, Field(ge=1, le=8)] | None = Field(
-        default=None, description="KernelSHAP on images: side of the square pixel groups (default 2)."
+        default=None,
+        description="KernelSHAP / ExactShapley on images: side of the square pixel groups (default 2).",
     )
     steps: Annotated[int, Field(ge=2, le=10_000)] | None = Field(
         default=None, description="IntegratedGradients: integration steps (default 50)."
@@ -136,6 +174,17 @@ class ExplainerSettings(StrictModel):
         description="IntegratedGradients, gausslegendre_adaptive: completeness gap to reach (default 1e-3).",
     )
     baseline: Literal["zeros", "background_mean"] | None = None
+    abs: bool | None = Field(default=None, description="Saliency: report |gradient| (default false).")
+    stdevs: Annotated[float, Field(ge=0, lt=100)] | None = Field(
+        default=None,
+        description="GradientSHAP: input noise per draw, in background standard deviations (default 0).",
+    )
+    slidingWindow: Annotated[int, Field(ge=1, le=4096)] | None = Field(
+        default=None, description="Occlusion on images: side of the square occlusion window (default 2)."
+    )
+    strides: Annotated[int, Field(ge=1, le=4096)] | None = Field(
+        default=None, description="Occlusion on images: window step in pixels (default: the window side)."
+    )
     internalBatchSize: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
 
@@ -296,7 +345,7 @@ class Spec(StrictModel):
     modelVersion: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
     featureService: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     # Optional in the schema so that the policy gate, not the parser, names what is missing.
-    explainerType: Literal["SHAP", "Captum"] | None = None
+    explainerType: Literal[EXPLAINER_TYPES] | None = None  # type: ignore[valid-type]
     explainerConfig: ExplainerSettings | None = None
     integration: Integration | None = None
     outputFormat: Literal["json", "parquet"] = "json"
@@ -334,10 +383,10 @@ def semantic_problems(config: ExplainerConfiguration) -> list[tuple[Location, st
                     f"{settings.method!r} is not a {spec.explainerType} method (use one of: {allowed})",
                 )
             )
-        shap_only = ("numSamples", "imageSuperpixel")
-        ig_only = ("steps", "integrationMethod", "baseline", "internalBatchSize", "completenessTolerance")
-        for name in shap_only if settings.method in CAPTUM_METHODS else ig_only:
-            if getattr(settings, name) is not None:
+        specific = frozenset().union(*METHOD_SETTINGS.values())
+        allowed_settings = METHOD_SETTINGS.get(settings.method, specific)
+        for name in sorted(specific - allowed_settings):
+            if getattr(settings, name, None) is not None:
                 problems.append(
                     (("spec", "explainerConfig", name), f"does not apply to method {settings.method}")
                 )

@@ -54,7 +54,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from include.explainers.errors import UnknownMethodError
-from include.explainers.params import INTEGRATED_GRADIENTS, KERNEL_SHAP
+from include.explainers.params import (
+    COUNTERFACTUAL,
+    DEEP_SHAP,
+    EXACT_SHAPLEY,
+    GRADIENT_SHAP,
+    INTEGRATED_GRADIENTS,
+    KERNEL_SHAP,
+    LIME,
+    OCCLUSION,
+    SALIENCY,
+    TREE_SHAP,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -64,6 +75,14 @@ if TYPE_CHECKING:
 METHOD_MODULES: dict[str, str] = {
     KERNEL_SHAP: "include.explainers.kernel_shap",
     INTEGRATED_GRADIENTS: "include.explainers.integrated_gradients",
+    LIME: "include.explainers.lime",
+    COUNTERFACTUAL: "include.explainers.counterfactual",
+    EXACT_SHAPLEY: "include.explainers.exact_shapley",
+    TREE_SHAP: "include.explainers.tree_shap",
+    SALIENCY: "include.explainers.saliency",
+    GRADIENT_SHAP: "include.explainers.gradient_shap",
+    DEEP_SHAP: "include.explainers.deep_shap",
+    OCCLUSION: "include.explainers.occlusion",
 }
 
 # Fixed chunk for small evaluations (predictions, baselines): a constant shape keeps them

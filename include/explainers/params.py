@@ -17,6 +17,14 @@ from include.explainers.errors import MethodNotApplicableError, ParameterError, 
 
 KERNEL_SHAP = "KernelSHAP"
 INTEGRATED_GRADIENTS = "IntegratedGradients"
+LIME = "LIME"
+COUNTERFACTUAL = "Counterfactual"
+EXACT_SHAPLEY = "ExactShapley"
+TREE_SHAP = "TreeSHAP"
+SALIENCY = "Saliency"
+GRADIENT_SHAP = "GradientSHAP"
+DEEP_SHAP = "DeepSHAP"
+OCCLUSION = "Occlusion"
 
 BACKGROUND_STRATEGIES = ("random_subset", "kmeans", "all")
 # captum's integral approximations, plus our adaptive Gauss-Legendre rule (panels refined per row until
@@ -37,13 +45,14 @@ class ParamSpec:
     """One parameter of an explanation method."""
 
     name: str
-    kind: str  # "int" | "float" | "choice" | "baseline"
+    kind: str  # "int" | "float" | "bool" | "choice" | "baseline"
     default: Any  # None means "chosen at run time" (documented in ``doc``)
     doc: str
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     image_only: bool = False  # only meaningful for models with an image input
+    minimum_inclusive: bool = False  # floats: whether the minimum itself is allowed
 
 
 PARAMETERS: dict[str, dict[str, ParamSpec]] = {
@@ -131,12 +140,120 @@ PARAMETERS: dict[str, dict[str, ParamSpec]] = {
 }
 
 
+# The background parameters mean the same for every method that summarises a background (LIME and
+# Counterfactual take each feature's scale from it; ExactShapley and TreeSHAP integrate over it).
+_BACKGROUND_PARAMS = {
+    name: PARAMETERS[KERNEL_SHAP][name] for name in ("backgroundDataStrategy", "backgroundDataSubsetSize")
+}
+PARAMETERS[LIME] = {
+    "numSamples": ParamSpec(
+        "numSamples",
+        "int",
+        5000,
+        "Perturbations drawn around each instance (lime's num_samples; the first is the instance itself).",
+        minimum=10,
+        maximum=1_000_000,
+    ),
+    "kernelWidth": ParamSpec(
+        "kernelWidth",
+        "float",
+        None,
+        "Width of the exponential proximity kernel sqrt(exp(-d^2 / width^2)), d in background standard "
+        "deviations. Default: 0.75 * sqrt(number of features), as in lime.",
+        minimum=0.0,
+        maximum=1e6,
+    ),
+    **_BACKGROUND_PARAMS,
+}
+PARAMETERS[COUNTERFACTUAL] = {
+    "numSamples": ParamSpec(
+        "numSamples",
+        "int",
+        256,
+        "Random search directions per instance, besides the 2 per feature along the axes.",
+        minimum=2,
+        maximum=100_000,
+    ),
+    **_BACKGROUND_PARAMS,
+}
+PARAMETERS[EXACT_SHAPLEY] = {
+    **_BACKGROUND_PARAMS,
+    "imageSuperpixel": PARAMETERS[KERNEL_SHAP]["imageSuperpixel"],
+}
+PARAMETERS[TREE_SHAP] = dict(_BACKGROUND_PARAMS)
+
+
+# The gradient/perturbation family (Captum-backed; see include/explainers/gradient_family.py).
+PARAMETERS[SALIENCY] = {
+    "abs": ParamSpec(
+        "abs",
+        "bool",
+        False,
+        "Report |gradient| instead of the signed gradient (captum's abs). Default false here: the sign "
+        "says which way a feature pushes, and the fidelity metric compares signed predictions.",
+    ),
+}
+PARAMETERS[GRADIENT_SHAP] = {
+    "numSamples": ParamSpec(
+        "numSamples",
+        "int",
+        64,
+        "Draws (background baseline, path point, noise) per instance (captum n_samples).",
+        minimum=1,
+        maximum=100_000,
+    ),
+    "stdevs": ParamSpec(
+        "stdevs",
+        "float",
+        0.0,
+        "Standard deviation of the Gaussian noise added to the input for each draw, in units of each "
+        "feature's background standard deviation (captum stdevs, applied in standardised coordinates).",
+        minimum=0.0,
+        maximum=100.0,
+        minimum_inclusive=True,
+    ),
+    **_BACKGROUND_PARAMS,
+}
+PARAMETERS[DEEP_SHAP] = dict(_BACKGROUND_PARAMS)
+PARAMETERS[OCCLUSION] = {
+    "baseline": ParamSpec(
+        "baseline",
+        "baseline",
+        None,
+        "Value an occluded feature takes: zeros | background_mean, for every modality, or a mapping "
+        "modality -> choice. Default: zeros for images, the background mean for tabular features.",
+        choices=BASELINES,
+    ),
+    "slidingWindow": ParamSpec(
+        "slidingWindow",
+        "int",
+        None,
+        "Side in pixels of the square occlusion window on image inputs (all channels). Default 2. "
+        "Tabular features are always occluded one at a time.",
+        minimum=1,
+        maximum=4096,
+        image_only=True,
+    ),
+    "strides": ParamSpec(
+        "strides",
+        "int",
+        None,
+        "Pixels the window moves per step (default: the window side). The windows must tile the image.",
+        minimum=1,
+        maximum=4096,
+        image_only=True,
+    ),
+}
+
+
 def _check_float(spec: ParamSpec, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise ParameterError(f"parameter {spec.name} must be a number, got {value!r}")
     low, high = spec.minimum, spec.maximum
-    if (low is not None and value <= low) or (high is not None and value >= high):
-        raise ParameterError(f"parameter {spec.name} must be in ({low}, {high}), got {value!r}")
+    below = low is not None and (value < low if spec.minimum_inclusive else value <= low)
+    if below or (high is not None and value >= high):
+        opening = "[" if spec.minimum_inclusive else "("
+        raise ParameterError(f"parameter {spec.name} must be in {opening}{low}, {high}), got {value!r}")
     return float(value)
 
 
@@ -152,6 +269,20 @@ def method_parameters(method: str) -> dict[str, ParamSpec]:
             f"unknown explanation method {method!r}; known methods: {', '.join(PARAMETERS)}"
         )
     return PARAMETERS[method]
+
+
+# The parameter that sets how much work a run does per instance (what a run's sample budget overrides
+# and what the cost plan scales or lowers). Methods without one do a fixed amount of work per instance.
+WORK_PARAMETER_NAMES = ("numSamples", "steps")
+
+
+def work_parameter(method: str) -> ParamSpec | None:
+    """The spec of ``method``'s work knob (numSamples or steps), or None when it has none."""
+    specs = method_parameters(method)
+    for name in WORK_PARAMETER_NAMES:
+        if name in specs:
+            return specs[name]
+    return None
 
 
 def _check_int(spec: ParamSpec, value: Any) -> int:
@@ -224,6 +355,10 @@ def normalise_params(
             out[name] = _check_int(spec, value)
         elif spec.kind == "float":
             out[name] = _check_float(spec, value)
+        elif spec.kind == "bool":
+            if not isinstance(value, bool):
+                raise ParameterError(f"parameter {name} must be true or false, got {value!r}")
+            out[name] = value
         elif spec.kind == "choice":
             if value not in spec.choices:
                 raise ParameterError(

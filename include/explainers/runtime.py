@@ -245,6 +245,9 @@ def _prepare(request: ExplainRequest) -> _Plan:
         from include.explainers.kernel_shap import build_players
 
         build_players(model.modalities, int(params.get("imageSuperpixel") or 2))  # range check
+    check_params = getattr(explainer, "check_params", None)
+    if check_params is not None:
+        check_params(model, params)  # checks that need the parameters (e.g. ExactShapley's player cap)
 
     inference = _read_frame(request.inference_path, "inference")
     background = _read_frame(request.background_path, "background")
@@ -420,8 +423,9 @@ def _instance_records(
                 "score": _clean(per_instance["score"][i]),
                 **{name: _clean(per_instance[name][i]) for name in component_names},
             },
+            # Per-instance details may be scalars, vectors (tolist) or documents (object arrays).
             "method_details": {
-                key: (values[i].item() if hasattr(values[i], "item") else values[i])
+                key: _jsonable(values[i].tolist() if hasattr(values[i], "tolist") else values[i])
                 for key, values in attributions.per_instance.items()
             },
             "runtime_seconds": seconds_each,
@@ -634,7 +638,33 @@ def _compute_and_write(plan: _Plan, tmp: Path) -> dict[str, Any]:
             model, inputs, background, plan.params, request.seed, rerun_seeds, n_global=plan.n_total
         )
         plan.timings["stability_rerun_seconds"] = time.perf_counter() - started
-    fidelity = evaluate_fidelity(attributions, rerun)
+    # The Captum-backed methods (gradient_family) define their own rerun (which seed moves) and
+    # hand Captum's fidelity metrics a probe of the run.
+    stability_rerun = getattr(plan.explainer, "stability_rerun", None)
+    if stability_rerun is not None:
+        started = time.perf_counter()
+        rerun_seeds = [instance_seed(request.seed + 1, i) for i in plan.ids]
+        rerun = stability_rerun(
+            model,
+            inputs,
+            background,
+            plan.params,
+            request.seed,
+            seeds,
+            rerun_seeds,
+            attributions,
+            n_global=plan.n_total,
+        )
+        plan.timings["stability_rerun_seconds"] = time.perf_counter() - started
+    probe = None
+    fidelity_probe = getattr(plan.explainer, "fidelity_probe", None)
+    if fidelity_probe is not None:
+        probe = fidelity_probe(
+            model, inputs, background, plan.params, request.seed, seeds, attributions, n_global=plan.n_total
+        )
+    started = time.perf_counter()
+    fidelity = evaluate_fidelity(attributions, rerun, probe)
+    plan.timings["fidelity_seconds"] = time.perf_counter() - started
     seconds_each = (plan.timings["explain_seconds"] + plan.timings.get("stability_rerun_seconds", 0.0)) / len(
         plan.ids
     )

@@ -21,6 +21,7 @@ from include.samples import datasets
 
 TABULAR_MODEL = "diagnosis-risk-tabular"
 MULTIMODAL_MODEL = "multimodal-image-classifier-v3"
+TREE_MODEL = "diagnosis-risk-gbt"
 SAMPLE_VERSION = "1"
 TRAIN_SEED = 1234
 PIXEL_SCALE = 16.0  # digits pixels are 0..16
@@ -76,9 +77,78 @@ class MultimodalDigitNet(nn.Module):
         return self.head(torch.cat([img, tab], dim=1))
 
 
+class TreeEnsemble(nn.Module):
+    """A gradient-boosted tree ensemble (binary: the log-odds), stored as tensors.
+
+    Why tensors rather than the scikit-learn object: the model store keeps only ``state_dict``
+    tensors loaded with ``weights_only=True`` (a model file never runs code; a pickled
+    estimator would), and every model-agnostic method then evaluates it like any module.
+    Node arrays are padded to ``max_nodes`` per tree; a leaf's children point at itself, so
+    ``max_depth`` steps of "go left if x[feature] <= threshold" reach every row's leaf
+    (scikit-learn's rule; the comparison is done in float64 as scikit-learn does).
+    ``value`` holds each leaf's contribution already multiplied by the learning rate, and
+    ``base`` the initial raw prediction. Not differentiable (piecewise constant).
+    """
+
+    def __init__(
+        self, n_features: int = 10, n_trees: int = 1, max_nodes: int = 1, max_depth: int = 1
+    ) -> None:
+        super().__init__()
+        self.n_features, self.max_depth = n_features, max_depth
+        self.register_buffer("left", torch.zeros((n_trees, max_nodes), dtype=torch.long))
+        self.register_buffer("right", torch.zeros((n_trees, max_nodes), dtype=torch.long))
+        self.register_buffer("feature", torch.zeros((n_trees, max_nodes), dtype=torch.long))
+        self.register_buffer("threshold", torch.zeros((n_trees, max_nodes), dtype=torch.float64))
+        self.register_buffer("value", torch.zeros((n_trees, max_nodes), dtype=torch.float64))
+        self.register_buffer("node_weight", torch.zeros((n_trees, max_nodes), dtype=torch.float64))
+        self.register_buffer("base", torch.zeros(1, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.to(torch.float64)
+        n_trees = self.left.shape[0]
+        node = torch.zeros((rows.shape[0], n_trees), dtype=torch.long)
+        tree = torch.arange(n_trees)[None, :].expand_as(node)
+        for _ in range(self.max_depth):
+            feature = self.feature[tree, node]
+            go_left = rows.gather(1, feature) <= self.threshold[tree, node]
+            node = torch.where(go_left, self.left[tree, node], self.right[tree, node])
+        return (self.base + self.value[tree, node].sum(dim=1)).unsqueeze(1)
+
+    def is_leaf(self) -> torch.Tensor:
+        return self.left == torch.arange(self.left.shape[1])[None, :]
+
+    def shap_model(self) -> dict[str, Any]:
+        """The ensemble in shap's dictionary format (``shap.TreeExplainer`` accepts it)."""
+        leaf = self.is_leaf().numpy()
+        trees = []
+        for t in range(self.left.shape[0]):
+            used = self.node_weight[t].numpy() > 0
+            count = int(used.sum())  # nodes are stored first, padding after
+            trees.append(
+                {
+                    "children_left": np.where(leaf[t], -1, self.left[t].numpy())[:count],
+                    "children_right": np.where(leaf[t], -1, self.right[t].numpy())[:count],
+                    "children_default": np.where(leaf[t], -1, self.left[t].numpy())[:count],
+                    "features": np.where(leaf[t], -2, self.feature[t].numpy())[:count],
+                    "thresholds": self.threshold[t].numpy()[:count].astype(np.float64),
+                    "values": self.value[t].numpy()[:count, None].astype(np.float64),
+                    "node_sample_weight": self.node_weight[t].numpy()[:count].astype(np.float64),
+                }
+            )
+        return {
+            "trees": trees,
+            "base_offset": float(self.base.item()),
+            "tree_output": "log_odds",
+            "objective": "binary_crossentropy",
+            "input_dtype": np.float64,
+            "internal_dtype": np.float64,
+        }
+
+
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "TabularMLP": TabularMLP,
     "MultimodalDigitNet": MultimodalDigitNet,
+    "TreeEnsemble": TreeEnsemble,
 }
 
 
@@ -245,6 +315,71 @@ def train_multimodal() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     return model, kwargs, metrics
 
 
+def tree_ensemble_from_sklearn(model: Any) -> TreeEnsemble:
+    """A fitted binary ``GradientBoostingClassifier`` as a :class:`TreeEnsemble` (same log-odds)."""
+    estimators = [row[0].tree_ for row in model.estimators_]
+    max_nodes = max(t.node_count for t in estimators)
+    module = TreeEnsemble(
+        n_features=int(model.n_features_in_),
+        n_trees=len(estimators),
+        max_nodes=max_nodes,
+        max_depth=max(int(t.max_depth) for t in estimators),
+    )
+    with torch.no_grad():
+        for k, tree in enumerate(estimators):
+            count = tree.node_count
+            index = np.arange(count)
+            leaf = tree.children_left == -1
+            module.left[k, :count] = torch.from_numpy(np.where(leaf, index, tree.children_left))
+            module.right[k, :count] = torch.from_numpy(np.where(leaf, index, tree.children_right))
+            module.feature[k, :count] = torch.from_numpy(np.where(leaf, 0, tree.feature).astype(np.int64))
+            module.threshold[k, :count] = torch.from_numpy(np.where(leaf, 0.0, tree.threshold))
+            module.value[k, :count] = torch.from_numpy(tree.value[:, 0, 0] * model.learning_rate)
+            module.node_weight[k, :count] = torch.from_numpy(tree.weighted_n_node_samples.astype(np.float64))
+            pad = index[-1] + 1
+            module.left[k, pad:] = torch.arange(pad, max_nodes)  # padding: unreachable self-loops
+            module.right[k, pad:] = torch.arange(pad, max_nodes)
+        zero = np.zeros((1, module.n_features))
+        trees_sum = sum(float(row[0].predict(zero)[0]) for row in model.estimators_) * model.learning_rate
+        module.base[0] = float(model.decision_function(zero)[0]) - trees_sum
+    return module.eval()
+
+
+def train_tree() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Train ``diagnosis-risk-gbt``: scikit-learn gradient boosting on the same data and split."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    frame = datasets.tabular_frame()
+    x = frame[datasets.TABULAR_FEATURES].to_numpy(np.float32)
+    y = frame[datasets.TABULAR_TARGET].to_numpy(np.int64)
+    train_idx, test_idx = _split(len(frame), y, 0.2, TRAIN_SEED)
+    gbt = GradientBoostingClassifier(
+        n_estimators=100, max_depth=3, learning_rate=0.1, random_state=TRAIN_SEED
+    )
+    gbt.fit(x[train_idx], y[train_idx])
+    module = tree_ensemble_from_sklearn(gbt)
+    with torch.inference_mode():
+        ours = module(torch.from_numpy(x)).squeeze(1).numpy()
+    reference = gbt.decision_function(x)
+    gap = float(np.abs(ours - reference).max())
+    if gap > 1e-9:  # the conversion must reproduce scikit-learn's predictions, not approximate them
+        raise RuntimeError(f"tree ensemble conversion differs from scikit-learn by {gap}")
+    kwargs: dict[str, Any] = {
+        "n_features": module.n_features,
+        "n_trees": int(module.left.shape[0]),
+        "max_nodes": int(module.left.shape[1]),
+        "max_depth": module.max_depth,
+    }
+    metrics = {
+        "heldout_accuracy": float((gbt.predict(x[test_idx]) == y[test_idx]).mean()),
+        "n_train": len(train_idx),
+        "n_heldout": len(test_idx),
+        "max_abs_gap_to_sklearn": gap,
+        "trained_with": "sklearn.ensemble.GradientBoostingClassifier(n_estimators=100, max_depth=3)",
+    }
+    return module, kwargs, metrics
+
+
 def train_sample_models(force: bool = False) -> dict[str, Path]:
     """Train both sample models into the model store; returns name -> ``model.pt`` path.
 
@@ -262,6 +397,7 @@ def train_sample_models(force: bool = False) -> dict[str, Path]:
             "multiclass",
             [str(d) for d in range(10)],
         ),
+        TREE_MODEL: ("TreeEnsemble", train_tree, tabular_modalities, "binary", ["benign", "malignant"]),
     }
     out: dict[str, Path] = {}
     for name, (architecture, train, modalities, task, classes) in specs.items():
@@ -282,6 +418,7 @@ def train_sample_models(force: bool = False) -> dict[str, Path]:
             task=task,
             class_names=classes,
             metrics=metrics,
-            entity=datasets.TABULAR_ENTITY if name == TABULAR_MODEL else datasets.IMAGE_ENTITY,
+            entity=datasets.IMAGE_ENTITY if name == MULTIMODAL_MODEL else datasets.TABULAR_ENTITY,
+            differentiable=architecture != "TreeEnsemble",
         )
     return out

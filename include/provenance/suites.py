@@ -124,6 +124,27 @@ SUITES: dict[str, Callable[[ServiceSpec], list[Expectation]]] = {
     "multimodal_image_classifier_v3": multimodal_image_classifier_v3_suite,
 }
 
+# The declared value ranges per feature service: the ones the suites above enforce.
+SERVICE_RANGES: dict[str, Mapping[str, tuple[float, float]]] = {
+    "diagnosis_risk_tabular": TABULAR_RANGES,
+    "multimodal_image_classifier_v3": IMAGE_RANGES,
+}
+
+
+def declared_feature_ranges() -> dict[str, tuple[float, float]]:
+    """Feature name -> (min, max) as declared in the suites (one source for the explainers too).
+
+    The counterfactual search keeps its examples inside these ranges. A feature declared by two
+    services with different ranges would make the answer depend on the service: refused.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for service, ranges in SERVICE_RANGES.items():
+        for feature, bounds in ranges.items():
+            if feature in out and out[feature] != bounds:
+                raise ValueError(f"feature {feature!r} has different declared ranges (service {service!r})")
+            out[feature] = bounds
+    return out
+
 
 @dataclass
 class ValidationOutcome:

@@ -38,8 +38,13 @@ def test_spearman() -> None:
 
 
 def test_parameter_validation() -> None:
-    assert known_methods() == ["KernelSHAP", "IntegratedGradients"]
-    assert known_models() == ["diagnosis-risk-tabular", "multimodal-image-classifier-v3"]
+    assert known_methods()[:2] == ["KernelSHAP", "IntegratedGradients"]
+    assert {"LIME", "TreeSHAP", "Saliency", "GradientSHAP", "DeepSHAP", "Occlusion"} <= set(known_methods())
+    assert known_models() == [
+        "diagnosis-risk-gbt",
+        "diagnosis-risk-tabular",
+        "multimodal-image-classifier-v3",
+    ]
     defaults = normalise_params("KernelSHAP", {})
     assert defaults == {
         "numSamples": 500,
@@ -57,8 +62,8 @@ def test_parameter_validation() -> None:
         normalise_params("KernelSHAP", {"imageSuperpixel": 2}, has_image=False)
     with pytest.raises(ParameterError, match="modality"):
         normalise_params("IntegratedGradients", {"baseline": {"audio": "zeros"}}, modalities=["image"])
-    with pytest.raises(UnknownMethodError, match="LIME"):
-        normalise_params("LIME", {})
+    with pytest.raises(UnknownMethodError, match="NoSuchMethod"):
+        normalise_params("NoSuchMethod", {})
 
 
 def test_sample_models_are_trained_and_recorded(sample_models: dict) -> None:

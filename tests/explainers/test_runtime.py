@@ -251,7 +251,7 @@ def _bad_cases():
         return pd.concat([frame, frame.iloc[:1]])
 
     return [
-        ("unknown method", TAB, "LIME", {}, None, UnknownMethodError, "LIME"),
+        ("unknown method", TAB, "NoSuchMethod", {}, None, UnknownMethodError, "NoSuchMethod"),
         (
             "superpixel on tabular",
             TAB,
