@@ -27,11 +27,13 @@ SHAP_METHODS = ("KernelSHAP", "ExactShapley", "TreeSHAP", "GradientSHAP", "DeepS
 CAPTUM_METHODS = ("IntegratedGradients", "Saliency", "GradientSHAP", "DeepSHAP", "Occlusion")
 LIME_METHODS = ("LIME",)
 COUNTERFACTUAL_METHODS = ("Counterfactual",)
+ATTENTION_METHODS = ("AttentionRollout",)
 METHODS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "SHAP": SHAP_METHODS,
     "Captum": CAPTUM_METHODS,
     "LIME": LIME_METHODS,
     "Counterfactual": COUNTERFACTUAL_METHODS,
+    "Attention": ATTENTION_METHODS,
 }
 # Kept equal to the runtime's registry (include.explainers.base.METHOD_MODULES) by a test; not
 # imported from there because the runtime's package imports this module (via the catalogue).
@@ -54,6 +56,7 @@ METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "GradientSHAP": frozenset({"numSamples", "stdevs"}),
     "DeepSHAP": frozenset(),
     "Occlusion": frozenset({"baseline", "slidingWindow", "strides"}),
+    "AttentionRollout": frozenset({"headFusion"}),
 }
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
@@ -184,6 +187,9 @@ class ExplainerSettings(StrictModel):
     )
     strides: Annotated[int, Field(ge=1, le=4096)] | None = Field(
         default=None, description="Occlusion on images: window step in pixels (default: the window side)."
+    )
+    headFusion: Literal["mean", "max", "min"] | None = Field(
+        default=None, description="AttentionRollout: how a layer's heads are combined (default mean)."
     )
     internalBatchSize: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0

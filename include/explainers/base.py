@@ -55,6 +55,7 @@ import numpy as np
 
 from include.explainers.errors import UnknownMethodError
 from include.explainers.params import (
+    ATTENTION_ROLLOUT,
     COUNTERFACTUAL,
     DEEP_SHAP,
     EXACT_SHAPLEY,
@@ -83,6 +84,7 @@ METHOD_MODULES: dict[str, str] = {
     GRADIENT_SHAP: "include.explainers.gradient_shap",
     DEEP_SHAP: "include.explainers.deep_shap",
     OCCLUSION: "include.explainers.occlusion",
+    ATTENTION_ROLLOUT: "include.explainers.attention",
 }
 
 # Fixed chunk for small evaluations (predictions, baselines): a constant shape keeps them

@@ -76,6 +76,7 @@ import numpy as np
 
 from include.explainers.base import Attributions
 from include.explainers.params import (
+    ATTENTION_ROLLOUT,
     COUNTERFACTUAL,
     DEEP_SHAP,
     EXACT_SHAPLEY,
@@ -171,6 +172,15 @@ DEFINITIONS: dict[str, dict[str, str]] = {
             (DEEP_SHAP, "the background summary drawn with seed s+1 (1 when the summary keeps every row)"),
         )
     },
+    ATTENTION_ROLLOUT: {
+        "metric": "gradient_agreement",
+        "definition": (
+            "max(0, Spearman rank correlation between each feature token's attention-rollout relevance and "
+            "its |gradient x input| (summed over the token's features)); aggregate = mean over instances. "
+            "Attention is not faithful by construction: this says how far the map agrees with what moves "
+            "the output"
+        ),
+    },
     COUNTERFACTUAL: {
         "metric": "validity",
         "definition": (
@@ -252,6 +262,15 @@ def lime_fidelity(attributions: Attributions) -> dict[str, Any]:
     r2 = np.asarray(attributions.per_instance["r2"], dtype=np.float64)
     score = np.clip(r2, 0.0, 1.0)
     return _summary(LIME, score, {"local_r2": score})
+
+
+def attention_fidelity(attributions: Attributions) -> dict[str, Any]:
+    """Rank agreement of the rollout relevance with |gradient x input|, per instance."""
+    reference = np.asarray(attributions.per_instance["gradient_x_input_per_token"], dtype=np.float64)
+    agreement = np.array(
+        [spearman(attributions.players[i], reference[i]) for i in range(len(attributions.players))]
+    )
+    return _summary(ATTENTION_ROLLOUT, agreement, {"gradient_agreement": agreement})
 
 
 def counterfactual_fidelity(attributions: Attributions) -> dict[str, Any]:
@@ -447,4 +466,6 @@ def evaluate_fidelity(
         return lime_fidelity(attributions)
     if attributions.method == COUNTERFACTUAL:
         return counterfactual_fidelity(attributions)
+    if attributions.method == ATTENTION_ROLLOUT:
+        return attention_fidelity(attributions)
     raise ValueError(f"no fidelity metric for method {attributions.method!r}")

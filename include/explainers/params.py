@@ -25,6 +25,7 @@ SALIENCY = "Saliency"
 GRADIENT_SHAP = "GradientSHAP"
 DEEP_SHAP = "DeepSHAP"
 OCCLUSION = "Occlusion"
+ATTENTION_ROLLOUT = "AttentionRollout"
 
 BACKGROUND_STRATEGIES = ("random_subset", "kmeans", "all")
 # captum's integral approximations, plus our adaptive Gauss-Legendre rule (panels refined per row until
@@ -38,6 +39,7 @@ INTEGRATION_METHODS = (
     "riemann_trapezoid",
 )
 BASELINES = ("zeros", "background_mean")
+HEAD_FUSIONS = ("mean", "max", "min")
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,17 @@ PARAMETERS[OCCLUSION] = {
     ),
 }
 
+
+# Intrinsic attention attributions (include/explainers/attention.py).
+PARAMETERS[ATTENTION_ROLLOUT] = {
+    "headFusion": ParamSpec(
+        "headFusion",
+        "choice",
+        "mean",
+        "How the heads of a layer are combined before the rollout: mean (Abnar & Zuidema), max or min.",
+        choices=HEAD_FUSIONS,
+    ),
+}
 
 def _check_float(spec: ParamSpec, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:

@@ -1,4 +1,4 @@
-"""The two sample models: architectures and their (really trained, deterministic) training.
+"""The sample models: architectures and their (really trained, deterministic) training.
 
 Both networks take RAW feature values: the tabular standardisation is stored as registered
 buffers and the image scaling (0..16 -> 0..1) is a constant inside ``forward``, so explanations
@@ -22,6 +22,7 @@ from include.samples import datasets
 TABULAR_MODEL = "diagnosis-risk-tabular"
 MULTIMODAL_MODEL = "multimodal-image-classifier-v3"
 TREE_MODEL = "diagnosis-risk-gbt"
+ATTENTION_MODEL = "diagnosis-risk-transformer"
 SAMPLE_VERSION = "1"
 TRAIN_SEED = 1234
 PIXEL_SCALE = 16.0  # digits pixels are 0..16
@@ -75,6 +76,45 @@ class MultimodalDigitNet(nn.Module):
         img = self.image_branch(image / PIXEL_SCALE)
         tab = self.tabular_branch((tabular - self.tabular_mean) / self.tabular_std)
         return self.head(torch.cat([img, tab], dim=1))
+
+
+class FeatureTokenTransformer(nn.Module):
+    """A small transformer over feature tokens (FT-Transformer style) -> one logit.
+
+    Each standardised feature becomes one token (its value times a learned per-feature vector
+    plus a per-feature bias); a learned [CLS] token is prepended and the logit is read from it
+    after the encoder. ``attention_tokens()`` declares which features each token carries: the
+    contract the attention explainer needs to map attention back onto features.
+    """
+
+    def __init__(
+        self, n_features: int = 10, d_model: int = 16, heads: int = 2, layers: int = 2, ff: int = 32
+    ) -> None:
+        super().__init__()
+        self.n_features = n_features
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_std", torch.ones(n_features))
+        self.feature_weight = nn.Parameter(torch.randn(n_features, d_model) * 0.5)
+        self.feature_bias = nn.Parameter(torch.zeros(n_features, d_model))
+        self.cls = nn.Parameter(torch.zeros(1, 1, d_model))
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, dim_feedforward=ff, dropout=0.0, activation="gelu", batch_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, 1)
+
+    def attention_tokens(self) -> list[list[int]]:
+        """Feature indices carried by each token: [] for [CLS], [j] for feature j."""
+        return [[]] + [[j] for j in range(self.n_features)]
+
+    def attention_readout(self) -> int:
+        return 0  # the logit is read from the [CLS] token
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.feature_mean) / self.feature_std
+        tokens = z.unsqueeze(-1) * self.feature_weight + self.feature_bias
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1)
+        return self.head(self.encoder(tokens)[:, 0])
 
 
 class TreeEnsemble(nn.Module):
@@ -149,6 +189,7 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {
     "TabularMLP": TabularMLP,
     "MultimodalDigitNet": MultimodalDigitNet,
     "TreeEnsemble": TreeEnsemble,
+    "FeatureTokenTransformer": FeatureTokenTransformer,
 }
 
 
@@ -380,6 +421,39 @@ def train_tree() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     return module, kwargs, metrics
 
 
+def train_attention() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Train ``diagnosis-risk-transformer`` on the same data and split as the tabular MLP."""
+    frame = datasets.tabular_frame()
+    x = frame[datasets.TABULAR_FEATURES].to_numpy(np.float32)
+    y = frame[datasets.TABULAR_TARGET].to_numpy(np.int64)
+    train_idx, test_idx = _split(len(frame), y, 0.2, TRAIN_SEED)
+    kwargs: dict[str, Any] = {"n_features": x.shape[1], "d_model": 16, "heads": 2, "layers": 2, "ff": 32}
+    with _Deterministic(TRAIN_SEED) as generator:
+        model = FeatureTokenTransformer(**kwargs)
+        xt = torch.from_numpy(x[train_idx])
+        model.feature_mean.copy_(xt.mean(0))
+        model.feature_std.copy_(xt.std(0).clamp_min(1e-6))
+        _fit(
+            model,
+            (xt,),
+            torch.from_numpy(y[train_idx]).float().unsqueeze(1),
+            nn.BCEWithLogitsLoss(),
+            epochs=40,
+            batch_size=64,
+            lr=3e-3,
+            generator=generator,
+        )
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(x[test_idx])).squeeze(1)
+    predicted = (logits > 0).numpy().astype(np.int64)
+    metrics = {
+        "heldout_accuracy": float((predicted == y[test_idx]).mean()),
+        "n_train": len(train_idx),
+        "n_heldout": len(test_idx),
+    }
+    return model, kwargs, metrics
+
+
 def train_sample_models(force: bool = False) -> dict[str, Path]:
     """Train both sample models into the model store; returns name -> ``model.pt`` path.
 
@@ -398,6 +472,13 @@ def train_sample_models(force: bool = False) -> dict[str, Path]:
             [str(d) for d in range(10)],
         ),
         TREE_MODEL: ("TreeEnsemble", train_tree, tabular_modalities, "binary", ["benign", "malignant"]),
+        ATTENTION_MODEL: (
+            "FeatureTokenTransformer",
+            train_attention,
+            tabular_modalities,
+            "binary",
+            ["benign", "malignant"],
+        ),
     }
     out: dict[str, Path] = {}
     for name, (architecture, train, modalities, task, classes) in specs.items():

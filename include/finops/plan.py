@@ -38,14 +38,32 @@ from include.finops.pricing import PriceCatalogue
 PRIOR: dict[str, dict[str, float]] = {
     "KernelSHAP": {"fixed_seconds_per_shard": 60.0, "seconds_per_unit": 0.010},
     "IntegratedGradients": {"fixed_seconds_per_shard": 60.0, "seconds_per_unit": 0.005},
+    # The other methods, from their first measurements on the sample models (2 shared CPU cores,
+    # 64 instances, 100 background rows, defaults, Nov 2026), with a ~10x margin like the above.
+    # A unit is one perturbation (LIME), one search direction (Counterfactual) or one draw
+    # (GradientSHAP, whose figure includes its fidelity probes: 25-62 s for 64 x 64 draws).
+    "LIME": {"fixed_seconds_per_shard": 60.0, "seconds_per_unit": 2e-5},  # 108 rows/s at 5,000
+    "Counterfactual": {"fixed_seconds_per_shard": 60.0, "seconds_per_unit": 1e-3},  # 47 rows/s at 256
+    "GradientSHAP": {"fixed_seconds_per_shard": 60.0, "seconds_per_unit": 0.1},
+    # Methods with no work knob: a unit is one instance.
+    "ExactShapley": {"fixed_seconds_per_shard": 60.0, "seconds_per_unit": 0.5},  # 32 rows/s, <= 16 players
+    "TreeSHAP": {"fixed_seconds_per_shard": 60.0, "seconds_per_unit": 0.1},  # 158 rows/s, 100 trees
+    "Saliency": {"fixed_seconds_per_shard": 60.0, "seconds_per_unit": 0.25},  # 64 rows in 1.7 s
+    "Occlusion": {"fixed_seconds_per_shard": 60.0, "seconds_per_unit": 0.1},  # 64 rows in 0.6 s
+    "DeepSHAP": {"fixed_seconds_per_shard": 60.0, "seconds_per_unit": 1.0},  # one DeepLift per bg row
+    "AttentionRollout": {"fixed_seconds_per_shard": 60.0, "seconds_per_unit": 0.01},  # 16 rows in 0.03 s
 }
 # The fewest samples/steps ``fit_to_budget`` proposes (a judgement, not a measurement): under
 # ~100 coalitions the KernelSHAP regression of a model with a few dozen players is badly
 # underdetermined (shap's own default budget is 2M + 2048); under 16 steps the path integral of
-# Integrated Gradients is coarsely approximated (Captum's default is 50). A run that cannot
-# afford the floor should be refused, not degraded further. The maxima are the config schema's.
-FLOOR = {"KernelSHAP": 100, "IntegratedGradients": 16}
-CEILING = {"KernelSHAP": 1_000_000, "IntegratedGradients": 10_000}
+# Integrated Gradients is coarsely approximated (Captum's default is 50); LIME's surrogate fit is
+# noisy under ~500 perturbations (lime's default is 5,000); GradientSHAP's expectation under 16
+# draws. A run that cannot afford the floor should be refused, not degraded further. Methods
+# without a work knob (ExactShapley, TreeSHAP, Saliency, Occlusion, DeepSHAP, AttentionRollout)
+# cannot shrink.
+FLOOR = {"KernelSHAP": 100, "IntegratedGradients": 16, "LIME": 500, "Counterfactual": 32, "GradientSHAP": 16}
+# The maxima are the config schema's (IG's is lower: beyond 10,000 steps the error is float noise).
+CEILING = {"KernelSHAP": 1_000_000, "IntegratedGradients": 10_000, "LIME": 1_000_000}
 
 
 @dataclass(frozen=True)
@@ -174,13 +192,22 @@ def estimate_run_cost(
     )
 
 
+def _knob_maximum(method: str) -> int:
+    from include.explainers.params import work_parameter
+
+    spec = work_parameter(method)
+    return int(spec.maximum) if spec is not None and spec.maximum is not None else 1_000_000
+
+
 def fit_to_budget(estimate: Estimate, budget: float, *, floor: int | None = None) -> int | None:
     """The largest numSamples/steps whose ``cost_high`` fits the budget, or None below the floor.
 
     ``floor`` defaults to ``FLOOR[method]``; the result never exceeds the schema's maximum.
     """
+    if estimate.method not in FLOOR and floor is None:
+        return None  # no work knob: the run cannot be made cheaper
     minimum = FLOOR[estimate.method] if floor is None else floor
-    maximum = CEILING[estimate.method]
+    maximum = CEILING.get(estimate.method) or _knob_maximum(estimate.method)
     factor = estimate.high_factor
 
     def fits(n: int) -> bool:

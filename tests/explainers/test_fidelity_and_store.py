@@ -39,10 +39,19 @@ def test_spearman() -> None:
 
 def test_parameter_validation() -> None:
     assert known_methods()[:2] == ["KernelSHAP", "IntegratedGradients"]
-    assert {"LIME", "TreeSHAP", "Saliency", "GradientSHAP", "DeepSHAP", "Occlusion"} <= set(known_methods())
+    assert {
+        "LIME",
+        "TreeSHAP",
+        "Saliency",
+        "GradientSHAP",
+        "DeepSHAP",
+        "Occlusion",
+        "AttentionRollout",
+    } <= set(known_methods())
     assert known_models() == [
         "diagnosis-risk-gbt",
         "diagnosis-risk-tabular",
+        "diagnosis-risk-transformer",
         "multimodal-image-classifier-v3",
     ]
     defaults = normalise_params("KernelSHAP", {})

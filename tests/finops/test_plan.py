@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from include.finops.meter import ResourceRequest
-from include.finops.plan import CEILING, FLOOR, estimate_run_cost, fit_to_budget, hourly_rate
+from include.finops.plan import CEILING, FLOOR, PRIOR, estimate_run_cost, fit_to_budget, hourly_rate
 from include.finops.pricing import load_catalogue
 
 CATALOGUE = load_catalogue()
@@ -142,7 +142,7 @@ def test_budget_bounds() -> None:
     assert prior.cost_for(n) <= 0.01 < prior.cost_for(n + 1)
     with pytest.raises(ValueError, match="unknown method"):
         estimate_run_cost(
-            method="LIME",
+            method="NoSuchMethod",
             num_samples_or_steps=1,
             instances=1,
             shards=1,
@@ -150,3 +150,25 @@ def test_budget_bounds() -> None:
             history=[],
             catalogue=CATALOGUE,
         )
+
+
+def test_every_explainer_method_has_a_prior_and_knobless_methods_cannot_shrink() -> None:
+    from include.explainers.params import known_methods, work_parameter
+
+    assert set(PRIOR) == set(known_methods())
+    for method in known_methods():
+        estimate = estimate_run_cost(
+            method=method,
+            num_samples_or_steps=1 if work_parameter(method) is None else 1000,
+            instances=10,
+            shards=1,
+            request=REQUEST,
+            history=[],
+            catalogue=CATALOGUE,
+        )
+        if work_parameter(method) is None:
+            assert fit_to_budget(estimate, estimate.cost_high * 0.9) is None  # nothing to lower: refused
+        else:
+            # a budget halfway between the floor's cost and the full run's
+            fitted = fit_to_budget(estimate, (estimate.cost_for(FLOOR[method]) + estimate.cost) / 2)
+            assert fitted is not None and FLOOR[method] <= fitted < 1000
