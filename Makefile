@@ -63,6 +63,7 @@ bench: venv
 	-$(PY) bench/bench_cost.py
 	-$(PY) bench/bench_podspec.py
 	-$(PY) bench/bench_bundle.py
+	-$(PY) bench/bench_estimate.py
 
 s3: venv
 	$(PY) -m include.embedded.s3_server start

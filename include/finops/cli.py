@@ -1,9 +1,11 @@
 """``xac cost --pod POD.json [--pricing PATH] [--usage USAGE.json]``: price one finished pod.
 
 The FOCUS rows go to stdout as a JSON array (pipe them into jq or a file); a one-line summary
-goes to stderr. Exit codes follow include/cli/main.py: 0 priced; 1 the pod cannot be priced
-(PricingError: no start/finish time, no resources, a GPU resource without a price); 2 an input
-file is missing or is not the JSON/YAML it should be.
+goes to stderr. Without ``--usage``, the usage sources configured by environment are asked
+(``XAC_PROMETHEUS_URL``: see include/finops/usage_sources.py); with none, requests are billed.
+Exit codes follow include/cli/main.py: 0 priced; 1 the pod cannot be priced (PricingError: no
+start/finish time, no resources, a GPU resource without a price); 2 an input file is missing or
+is not the JSON/YAML it should be.
 """
 
 from __future__ import annotations
@@ -69,6 +71,19 @@ def run_cost_command(
     except PricingError as exc:
         print(f"xac cost: pricing: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    usage_notes: tuple[str, ...] = ()
+    if usage is None:
+        # No --usage file: ask the usage sources configured by environment (XAC_PROMETHEUS_URL).
+        from include.finops.usage_sources import collect_usage, sources_from_environment
+
+        sources = sources_from_environment()
+        if sources:
+            try:
+                collected = collect_usage(pod, sources)
+            except PricingError as exc:
+                print(f"xac cost: cannot price {pod_path}: {exc}", file=sys.stderr)
+                return EXIT_CHECK_FAILED
+            usage, usage_notes = collected.usage, collected.notes
     try:
         cost = price_pod(pod, catalogue, usage=usage, cluster_profile=profile, node=node)
     except PricingError as exc:
@@ -78,7 +93,7 @@ def run_cost_command(
     print(
         f"{cost.pod}: {cost.total:.10f} {cost.currency} for {cost.runtime_seconds:g} s "
         f"({cost.phase}, {cost.capacity} via {cost.capacity_source}, {cost.usage_source})"
-        + "".join(f"; {n}" for n in cost.notes),
+        + "".join(f"; {n}" for n in (*usage_notes, *cost.notes)),
         file=sys.stderr,
     )
     return EXIT_OK

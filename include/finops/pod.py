@@ -162,7 +162,7 @@ class PodCost:
     capacity: str  # "spot" or "on-demand"
     capacity_source: str  # node-labels, node-selector, node-affinity, cluster-profile, default
     gpu_model: str | None
-    usage_source: str  # usage-file, requests-only, partial
+    usage_source: str  # usage-file, prometheus, metrics-api (or a+b), requests-only, partial
     currency: str
     rows: list[dict[str, Any]]
     ignored_resources: tuple[str, ...] = ()
@@ -274,7 +274,7 @@ def pricing_rules(profile: dict[str, Any] | None) -> dict[str, Any]:
     spot = spec.get("spot") or {}
     if spot.get("supported") and spot.get("nodeLabel"):
         rules["spotLabels"] = {spot["nodeLabel"]: str(spot.get("spotValue", "spot"))}
-    for key in ("nodes", "defaultGpuModel", "gpuProducts", "migSlices"):
+    for key in ("nodes", "defaultGpuModel", "gpuProducts", "migSlices", "idleShare"):
         if key in profile:
             rules[key] = profile[key]
     return rules
@@ -351,13 +351,16 @@ def _resources(container: dict[str, Any]) -> dict[str, float]:
     return {name: parse_quantity(value) for name, value in merged.items()}
 
 
-def _usage_for(usage: dict[str, Any] | None, name: str) -> dict[str, float] | None:
+def _usage_for(usage: dict[str, Any] | None, name: str) -> tuple[dict[str, float], str] | None:
+    """The container's usage entry and the source that measured it (``source`` of the entry, else
+    of the usage document, else "usage-file": a file handed to ``xac cost --usage``)."""
     if usage is None:
         return None
     containers = usage.get("containers", usage)
     entry = containers.get(name) if isinstance(containers, dict) else None
     if entry is None:
         return None
+    source = entry.get("source") or (usage.get("source") if "containers" in usage else None) or "usage-file"
     out: dict[str, float] = {}
     for key in ("cpu_cores_avg", "memory_peak_bytes", "gpu_utilisation"):
         if key in entry and entry[key] is not None:
@@ -367,7 +370,7 @@ def _usage_for(usage: dict[str, Any] | None, name: str) -> dict[str, float] | No
             out[key] = float(value)
     if out.get("gpu_utilisation", 0.0) > 1:
         raise PricingError(f"usage: containers.{name}.gpu_utilisation is a fraction in [0, 1]")
-    return out
+    return out, str(source)
 
 
 def _run_labels(pod: dict[str, Any], capacity: str) -> tuple[RunLabels, dict[str, str]]:
@@ -399,6 +402,53 @@ def _run_labels(pod: dict[str, Any], capacity: str) -> tuple[RunLabels, dict[str
         ),
         tags,
     )
+
+
+def _idle_share(
+    pod: dict[str, Any],
+    node: dict[str, Any] | None,
+    profile: dict[str, Any],
+    lines: list[CostLine],
+    node_requested: dict[str, Any] | None,
+    node_labels: dict | None,
+    spot: bool,
+    gpu_model: str | None,
+    notes: list[str],
+) -> list[CostLine]:
+    from include.finops.idle import idle_share_lines, idle_share_settings
+
+    settings = idle_share_settings(profile.get("idleShare"))
+    if not settings.enabled:
+        return []
+    name = str((pod.get("spec") or {}).get("nodeName") or "")
+    entry = node if node is not None else (profile.get("nodes") or {}).get(name) or {}
+    allocatable = (entry.get("status") or {}).get("allocatable") or entry.get("allocatable")
+    requested = node_requested if node_requested is not None else entry.get("requested")
+    if not allocatable or requested is None:
+        notes.append(
+            f"idle share configured but node {name or '(unknown)'}'s allocatable or requested resources "
+            "are unknown: not applied"
+        )
+        return []
+    if "metadata" in entry:
+        name = str((entry.get("metadata") or {}).get("name") or name)
+    return idle_share_lines(
+        lines,
+        settings=settings,
+        allocatable=allocatable,
+        requested=requested,
+        node_name=name or "(unknown)",
+        node_labels=node_labels,
+        profile=profile,
+        spot=spot,
+        gpu_model=gpu_model,
+    )
+
+
+def pod_lifetime(pod: dict[str, Any]) -> tuple[datetime, datetime]:
+    """The window a finished pod is billed for: its start to its last container's finish."""
+    meta = pod.get("metadata") or {}
+    return _runtime(pod, f"pod {meta.get('namespace') or 'default'}/{meta.get('name') or 'unnamed'}")
 
 
 def _runtime(pod: dict[str, Any], where: str) -> tuple[datetime, datetime]:
@@ -438,8 +488,13 @@ def price_pod(
     usage: dict[str, Any] | None = None,
     cluster_profile: dict[str, Any] | None = None,
     node: dict[str, Any] | None = None,
+    node_requested: dict[str, Any] | None = None,
 ) -> PodCost:
     """Price one finished pod; ``node`` is its V1Node (or node labels) when the caller has it.
+
+    ``node_requested``: what all pods on the node requested (resource -> quantity, this pod
+    included; see ``idle.requested_on_node``), for the optional idle share (include/finops/idle.py,
+    ``idleShare`` in the cluster profile, off by default).
 
     Raises ``PricingError`` for a pod that cannot be priced: no start or finish time, no
     resources at all, a GPU resource without a price, a malformed quantity or usage entry.
@@ -472,10 +527,10 @@ def price_pod(
     gpu_model_resolved = False
 
     def container_lines(
-        container_name: str, resources: dict[str, float], used: dict[str, float] | None
+        container_name: str, resources: dict[str, float], measured: tuple[dict[str, float], str] | None
     ) -> None:
         nonlocal gpu_model, gpu_model_resolved
-        source = "requests-only" if used is None else "usage-file"
+        used, source = (None, "requests-only") if measured is None else measured
         cpu = resources.get("cpu", 0.0)
         memory = resources.get("memory", 0.0) + sum(
             v for k, v in resources.items() if k.startswith("hugepages-")
@@ -581,8 +636,18 @@ def price_pod(
         raise PricingError(
             f"{where}: no resources to price (no container sets requests or limits and no usage was given)"
         )
+    idle_notes: list[str] = []
+    if profile.get("idleShare"):
+        lines += _idle_share(
+            pod, node, profile, lines, node_requested, node_labels, spot, gpu_model, idle_notes
+        )
 
-    usage_source = sources.pop() if len(sources) == 1 else "partial"
+    if len(sources) == 1:
+        usage_source = sources.pop()
+    elif "requests-only" in sources:
+        usage_source = "partial"
+    else:  # every container measured, by different sources (e.g. prometheus and metrics-api)
+        usage_source = "+".join(sorted(sources))
     uid = meta.get("uid")
     scope = ChargeScope(
         resource_id=f"kubernetes/{namespace}/pods/{name}" + (f"/{uid}" if uid else ""),
@@ -607,8 +672,8 @@ def price_pod(
         scope=scope,
         catalogue=catalogue,
     )
-    notes = []
-    if usage_source != "usage-file":
+    notes = list(idle_notes)
+    if usage_source in ("requests-only", "partial"):
         notes.append("no usage data for some or all containers: their requests are billed")
     if any(line.resource == "GPU" for line in lines) and gpu_model is None:
         notes.append("the node's GPU model is unknown: the catalogue's default GPU price applies")

@@ -3,11 +3,20 @@ this folder cannot be imported with pytest's importlib import mode)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 START = datetime(2026, 11, 27, 8, 0, 0, tzinfo=UTC)
 
@@ -120,3 +129,132 @@ def pod_factory() -> Callable[..., dict[str, Any]]:
 @pytest.fixture
 def container_factory() -> Callable[..., dict[str, Any]]:
     return container
+
+
+# --------------------------------------------------------------------------- Prometheus, Pushgateway
+# Debian's binaries (packages prometheus, prometheus-pushgateway), started on 127.0.0.1 on a free port
+# in a temporary folder and stopped by the fixture. Tests that need one skip when it is not installed.
+
+PROMETHEUS_BINARY = shutil.which("prometheus") or "/usr/bin/prometheus"
+PUSHGATEWAY_BINARY = shutil.which("prometheus-pushgateway") or "/usr/bin/prometheus-pushgateway"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    tail = log.read_text()[-3000:]
+    raise RuntimeError(f"{process.args[0]} not ready at {url} after {timeout:.0f} s:\n{tail}")
+
+
+@contextmanager
+def _daemon(args: list[str], ready_url: str, log: Path) -> Iterator[subprocess.Popen]:
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(process, ready_url, log)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def prometheus_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[list[dict[str, Any]]], str]]:
+    """Start a real Prometheus scraping the given scrape configs every second; returns its URL."""
+    if not Path(PROMETHEUS_BINARY).exists():
+        pytest.skip("Debian's prometheus binary is not installed (apt-get install prometheus)")
+    stack = ExitStack()
+
+    def start(scrape_configs: list[dict[str, Any]]) -> str:
+        folder = tmp_path_factory.mktemp("prometheus")
+        config = folder / "prometheus.yml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+                    "scrape_configs": scrape_configs,
+                }
+            )
+        )
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        stack.enter_context(
+            _daemon(
+                [
+                    PROMETHEUS_BINARY,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={folder / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ],
+                f"{url}/-/ready",
+                folder / "prometheus.log",
+            )
+        )
+        return url
+
+    with stack:
+        yield start
+
+
+@pytest.fixture(scope="module")
+def pushgateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Pushgateway (no persistence) on 127.0.0.1."""
+    if not Path(PUSHGATEWAY_BINARY).exists():
+        pytest.skip(
+            "Debian's prometheus-pushgateway binary is not installed (apt-get install prometheus-pushgateway)"
+        )
+    folder = tmp_path_factory.mktemp("pushgateway")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with _daemon(
+        [
+            PUSHGATEWAY_BINARY,
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-admin-api",
+            "--log.level=warn",
+        ],
+        f"{url}/-/ready",
+        folder / "pushgateway.log",
+    ):
+        yield url
+
+
+def wait_for(
+    check: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.25, what: str = ""
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what or check}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def poll() -> Callable[..., Any]:
+    return wait_for
