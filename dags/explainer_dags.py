@@ -11,6 +11,7 @@ and whose only task fails with the same text, so the error is visible in the UI 
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,8 @@ from airflow.sdk import DAG, Asset, Param, task
 
 from include.configuration import ConfigError, LoadedConfig, discover_config_files, load_config
 from include.configuration.layout import model_listing_prefix, safe_key_part
+from include.k8s import ClusterProfileError, PodSpecError
+from include.orchestration.shards import BackendError
 
 CONFIGS_DIR = Path(
     os.environ.get("XAC_CONFIGS_DIR", Path(__file__).resolve().parent.parent / "include/configs/explainers")
@@ -42,12 +45,14 @@ Explains **{model}** with **{explainer_type} / {method}** and publishes a signed
 
 **Stages**: `load_config` → `provenance` (Feast point-in-time retrieval + Great Expectations; a
 failed expectation stops the run before anything is explained) → `plan` (pre-flight cost estimate
-against the budget: stop, or lower numSamples/steps when the budget allows) → `explain` (`xac explain`, the
-explainer pod's command; a local process on the embedded default) → `meter_cost` (price of what the
-process reserved and used) → `fidelity_gate` → `publish_bundle` (signed, write-once, in S3).
+against the budget: stop, or lower numSamples/steps when the budget allows) → `shards` (split the rows) →
+`explain` (`xac explain --shard i/n`, one mapped task per shard: a KubernetesPodOperator pod on the
+kubernetes backend, a local process on the embedded default; outputs to object storage) → `join_shards`
+(every shard complete, merged) → `meter_cost` (price of what the pods or processes reserved and used) →
+`fidelity_gate` → `publish_bundle` (signed, write-once, in S3). Explain backend: **{backend}**.
 
 **Trigger form**: `model_version`, `inference_ids` (empty: the {count} most recent entities),
-`sample_budget` (overrides numSamples for SHAP or steps for Integrated Gradients).
+`sample_budget` (overrides the method's numSamples or steps; methods without one refuse it).
 """
 
 
@@ -56,6 +61,7 @@ def _trigger_identity(context: dict[str, Any]) -> dict[str, Any]:
     from include.provenance.stage import git_state
 
     dag_run = context["dag_run"]
+    bundle = getattr(context.get("ti"), "bundle_instance", None)
     logical_date = getattr(dag_run, "logical_date", None)
     return {
         "run_type": str(getattr(dag_run, "run_type", "")),
@@ -63,8 +69,9 @@ def _trigger_identity(context: dict[str, Any]) -> dict[str, Any]:
         "triggering_user": getattr(dag_run, "triggering_user_name", None),
         "logical_date": logical_date.isoformat() if logical_date else None,
         "run_after": str(getattr(dag_run, "run_after", "") or ""),
-        "bundle_name": getattr(dag_run, "bundle_name", None) if hasattr(dag_run, "bundle_name") else None,
-        "bundle_version": getattr(dag_run, "bundle_version", None),
+        # The task SDK's DagRun carries no bundle fields: the task instance's bundle does.
+        "bundle_name": getattr(bundle, "name", None) or getattr(dag_run, "bundle_name", None),
+        "bundle_version": getattr(bundle, "version", None) or getattr(dag_run, "bundle_version", None),
         # The commit of the checkout this DAG file runs from (git-sync, or a local clone), recorded
         # beside Airflow's bundle version, which only versioned DAG bundles (GitDagBundle) set.
         "dag_folder_git": git_state(Path(__file__).resolve().parent),
@@ -104,6 +111,38 @@ def _signer() -> Any:
     return load_or_create_signing_key(default_signing_key_path())
 
 
+def _task_log_source(context: dict[str, Any]) -> Any:
+    """Where this run's task log files are, and the secrets to redact from them in the bundle."""
+    from include.compliance.logs import SENSITIVE_FIELDS, TaskLogSource, secrets_from_environment
+
+    try:
+        from airflow.configuration import conf
+
+        folder = conf.get("logging", "base_log_folder", fallback=None)
+    except Exception:  # a worker with only the task SDK: the bundle then says no task logs were found
+        folder = None
+    regexes: tuple[str, ...] = ()
+    fields = SENSITIVE_FIELDS
+    try:  # what Airflow's masker of this task process holds (connections and variables it fetched)
+        from airflow.sdk._shared.secrets_masker import _secrets_masker
+
+        regexes = tuple(_secrets_masker().patterns)
+        fields = frozenset(_secrets_masker().sensitive_variables_fields) or SENSITIVE_FIELDS
+    except Exception:
+        pass
+    ti = context["ti"]
+    return TaskLogSource(
+        base_log_folder=Path(folder) if folder else None,
+        dag_id=ti.dag_id,
+        run_id=ti.run_id,
+        current_task_id=ti.task_id,
+        current_try=ti.try_number,
+        secrets=tuple(secrets_from_environment(os.environ, fields)),
+        secret_regexes=regexes,
+        sensitive_fields=fields,
+    )
+
+
 def _fail_on_stage_error(func: Any, *args: Any, **kwargs: Any) -> Any:
     """A refused stage (bad data, low fidelity) fails the task without retries: retrying cannot help."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -116,6 +155,100 @@ def _fail_on_stage_error(func: Any, *args: Any, **kwargs: Any) -> Any:
         raise AirflowFailException(str(exc)) from None
 
 
+def _explain_backend() -> str:
+    """``XAC_EXPLAIN_BACKEND`` or Airflow's ``[xac] explain_backend`` (local | kubernetes); unset:
+    kubernetes when the environment defines the cluster's connection. Environment only: cheap at parse."""
+    from include.orchestration.shards import explain_backend
+
+    configured = None
+    try:
+        from airflow.configuration import conf
+
+        configured = conf.get("xac", "explain_backend", fallback=None)
+    except Exception:  # a component with only the task SDK: the environment decides
+        pass
+    if os.environ.get("XAC_EXPLAIN_BACKEND") or configured:
+        return explain_backend(configured=configured)
+    return explain_backend(kubernetes_conn_id=_cluster_profile().spec.kubernetesConnId)
+
+
+def _cluster_profile() -> Any:
+    """The cluster profile of this deployment (``XAC_CLUSTER_PROFILE``, default ``default``)."""
+    from include.k8s import load_cluster_profile
+    from include.orchestration.shards import cluster_profile_name
+
+    return load_cluster_profile(cluster_profile_name()).profile
+
+
+def _kpo_partial_kwargs(loaded: LoadedConfig) -> dict[str, Any]:
+    """The run-independent KubernetesPodOperator kwargs; a config the cluster cannot run (namespace,
+    GPU request, image) raises PodSpecError here, at parse time, before any run or pod."""
+    from include.k8s import pod_template
+
+    kwargs = pod_template(loaded.config, _cluster_profile()).kpo_kwargs()
+    kwargs.pop("env_vars")  # per shard (the S3 endpoint is known at run time): expand_kwargs has it
+    return kwargs
+
+
+@functools.cache
+def _explainer_pod_operator() -> type:
+    """KubernetesPodOperator without Jinja rendering of its fields.
+
+    The DAGs render templates as native objects (for the trigger form's Params), which turns a
+    string like "7" (``--seed 7``) or an env value "1" into an int: a pod the API server refuses.
+    The shard plan's arguments carry no templates, so the explainer pods render nothing.
+    """
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    class ExplainerPodOperator(KubernetesPodOperator):
+        template_fields: tuple[str, ...] = ()
+
+    return ExplainerPodOperator
+
+
+@functools.cache
+def _pod_recorder() -> type:
+    """The operator callback that saves each finished pod (with its node and log) for the cost stage,
+    before ``on_finish_action`` deletes it."""
+    from airflow.providers.cncf.kubernetes.callbacks import KubernetesPodOperatorCallback
+
+    class RecordFinishedPod(KubernetesPodOperatorCallback):
+        @staticmethod
+        def on_pod_completion(
+            *, pod: Any, client: Any, mode: str, operator: Any, context: Any, **kwargs: Any
+        ) -> None:
+            from kubernetes.client.exceptions import ApiException
+
+            from include.orchestration.shards import record_finished_pod
+
+            if pod is None:
+                return
+            node = log_text = None
+            try:  # cluster-scoped: the worker's service account may not read nodes (then no labels)
+                if pod.spec.node_name:
+                    node = client.api_client.sanitize_for_serialization(client.read_node(pod.spec.node_name))
+            except ApiException as exc:
+                operator.log.warning(
+                    "node %s of pod %s not readable: %s", pod.spec.node_name, pod.metadata.name, exc.reason
+                )
+            try:
+                log_text = client.read_namespaced_pod_log(
+                    pod.metadata.name, pod.metadata.namespace, container="base", _preload_content=False
+                ).data.decode("utf-8", errors="replace")
+            except ApiException as exc:
+                operator.log.warning("log of pod %s not readable: %s", pod.metadata.name, exc.reason)
+            key = record_finished_pod(
+                client.api_client.sanitize_for_serialization(pod),
+                node,
+                log_text,
+                try_number=context["ti"].try_number,
+                s3_client=_s3_client(),
+            )
+            operator.log.info("finished pod %s saved for the cost stage: %s", pod.metadata.name, key)
+
+    return RecordFinishedPod
+
+
 def build_dag(loaded: LoadedConfig) -> DAG:
     config = loaded.config
     spec = config.spec
@@ -124,6 +257,8 @@ def build_dag(loaded: LoadedConfig) -> DAG:
     owner = spec.owner.team if spec.owner else "unowned"
     settings = spec.explainerConfig
     assert settings is not None and spec.budget is not None
+    backend = _explain_backend()
+    kpo_kwargs = _kpo_partial_kwargs(loaded) if backend == "kubernetes" else None
     bundles_asset = Asset(
         name=f"xac-bundles-{name}",
         uri=f"s3://{spec.storage.bucket}/{model_listing_prefix(config)}",
@@ -146,6 +281,7 @@ def build_dag(loaded: LoadedConfig) -> DAG:
         bucket=spec.storage.bucket,
         prefix=model_listing_prefix(config),
         count=spec.inference.count,
+        backend=backend,
     )
     if loaded.defaults_applied:
         doc_md += f"\nPolicy defaults applied: {', '.join(loaded.defaults_applied)}.\n"
@@ -186,7 +322,7 @@ def build_dag(loaded: LoadedConfig) -> DAG:
                 minimum=1,
                 maximum=1_000_000,
                 title="Sample budget",
-                description="Overrides numSamples (SHAP) or steps (Integrated Gradients) for this run.",
+                description="Overrides the method's numSamples or steps for this run (if it has one).",
             ),
         },
         render_template_as_native_obj=True,
@@ -214,13 +350,41 @@ def build_dag(loaded: LoadedConfig) -> DAG:
         def plan(ctx: dict[str, Any], prov: dict[str, Any]) -> dict[str, Any]:
             from include.orchestration.pipeline import plan_step
 
-            return _fail_on_stage_error(plan_step, ctx, prov)
+            return _fail_on_stage_error(plan_step, ctx, prov, backend=backend)
 
-        @task
-        def explain(ctx: dict[str, Any], prov: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
-            from include.orchestration.pipeline import explain_step
+        @task(task_id="shards", retries=0)
+        def shard_plan(
+            ctx: dict[str, Any], prov: dict[str, Any], budget: dict[str, Any]
+        ) -> list[dict[str, Any]]:
+            from include.orchestration.shards import shard_plan_step
 
-            return _fail_on_stage_error(explain_step, ctx, prov, budget, _s3_client())
+            return _fail_on_stage_error(
+                shard_plan_step, ctx, prov, budget, backend=backend, s3_client=_s3_client()
+            )
+
+        @task(task_id="explain")
+        def explain_shard(
+            shard: dict[str, Any], ctx: dict[str, Any], prov: dict[str, Any], budget: dict[str, Any]
+        ) -> dict[str, Any]:
+            from include.orchestration.shards import explain_shard_step
+
+            return _fail_on_stage_error(explain_shard_step, ctx, prov, budget, shard, _s3_client())
+
+        @task(task_id="join_shards")
+        def join(
+            ctx: dict[str, Any], shards: list[dict[str, Any]], results: Any, budget: dict[str, Any]
+        ) -> dict[str, Any]:
+            from include.orchestration.shards import join_step
+
+            return _fail_on_stage_error(
+                join_step,
+                ctx,
+                list(shards),
+                list(results) if results is not None else None,
+                backend=backend,
+                s3_client=_s3_client(),
+                plan=budget,
+            )
 
         @task
         def meter_cost(ctx: dict[str, Any], result: dict[str, Any], budget: dict[str, Any]) -> dict[str, Any]:
@@ -247,7 +411,10 @@ def build_dag(loaded: LoadedConfig) -> DAG:
         ) -> dict[str, Any]:
             from include.orchestration.pipeline import publish_step
 
-            published = publish_step(ctx, result, prov, gate, s3_client=_s3_client(), signer=_signer())
+            client, signer = _s3_client(), _signer()  # first: fetching connections arms the masker
+            published = publish_step(
+                ctx, result, prov, gate, s3_client=client, signer=signer, task_logs=_task_log_source(context)
+            )
             context["outlet_events"][bundles_asset].extra = {
                 "uri": published["uri"],
                 "bundle_id": published["bundle_id"],
@@ -258,7 +425,24 @@ def build_dag(loaded: LoadedConfig) -> DAG:
         ctx = start()
         prov = provenance(ctx)
         budget = plan(ctx, prov)
-        result = explain(ctx, prov, budget)
+        shards = shard_plan(ctx, prov, budget)
+        if kpo_kwargs is not None:
+            # one pod per shard: the template's settings (resources, scheduling, reliability) for all,
+            # the name, arguments, labels and env of each from the shard plan
+            pods = (
+                _explainer_pod_operator()
+                .partial(task_id="explain", callbacks=[_pod_recorder()], **kpo_kwargs)
+                .expand_kwargs(shards)
+            )
+            result = join(ctx, shards, None, budget)
+            pods >> result
+        else:
+            result = join(
+                ctx,
+                shards,
+                explain_shard.partial(ctx=ctx, prov=prov, budget=budget).expand(shard=shards),
+                budget,
+            )
         cost = meter_cost(ctx, result, budget)
         gate = fidelity_gate(ctx, result, prov)
         cost >> gate
@@ -306,7 +490,12 @@ def build_all(directory: Path = CONFIGS_DIR) -> dict[str, DAG]:
                 )
             else:
                 seen[loaded.name] = path
-                dag = build_dag(loaded)
+                try:
+                    dag = build_dag(loaded)
+                except (PodSpecError, ClusterProfileError, BackendError) as exc:
+                    # the kubernetes backend cannot run this config (namespace, GPUs, image, profile)
+                    problems = [str(p) for p in getattr(exc, "problems", [])] or [str(exc)]
+                    dag = build_invalid_config_dag(path, [str(exc).splitlines()[0], *problems])
         dags[dag.dag_id] = dag
     return dags
 

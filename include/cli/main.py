@@ -82,17 +82,22 @@ def _parse_shard(value: str) -> tuple[int, int]:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from include.configuration import ConfigError, load_config
-    from include.orchestration.explain_job import ExplainJobError, run_explain_job
+    from include.orchestration.explain_job import ExplainJobError, fetch_config, is_s3_uri, run_explain_job
 
     try:
-        loaded = load_config(args.config)
+        # a pod shares no files with the worker: the config may come from object storage
+        config = fetch_config(args.config, args.config_sha256) if is_s3_uri(args.config) else args.config
+        loaded = load_config(config)
+    except ExplainJobError as exc:
+        print(f"xac explain: {exc}", file=sys.stderr)
+        return exc.exit_code
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CHECK_FAILED
     try:
         summary = run_explain_job(
             loaded,
-            out_dir=Path(args.out),
+            out_dir=args.out if is_s3_uri(args.out) else Path(args.out),
             inference_uri=args.inference,
             background_uri=args.background,
             model_version=args.model_version,
@@ -101,6 +106,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             seed=args.seed,
             shard=args.shard,
             expected_sha256={"inference": args.inference_sha256, "background": args.background_sha256},
+            model_uri=args.model_uri,
+            model_sha256=args.model_sha256,
         )
     except ExplainJobError as exc:
         print(f"xac explain: {exc}", file=sys.stderr)
@@ -135,15 +142,26 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return EXIT_ERROR
     target = args.target
+    needs_s3 = target.startswith("s3://") or args.chain
     report = verify_bundle(
-        target, public_key_pem=key, s3_client=_s3() if target.startswith("s3://") else None
+        target,
+        public_key_pem=key,
+        s3_client=_s3() if needs_s3 else None,
+        chain=args.chain,
+        max_depth=args.max_depth,
     )
     for problem in report.problems:
         print(f"FAIL {problem}")
+    for index, link in enumerate(report.chain):
+        status = "ok" if link["ok"] else "FAILED"
+        print(f"chain[{index}] {status} {link['uri']} {link['bundle_id']} created {link['created_at']}")
+    if report.chain and not report.chain_complete:
+        print(f"chain: stopped after {args.max_depth} link(s) (--max-depth); older bundles not checked")
     if report.ok:
+        walked = f", chain of {len(report.chain)} bundle(s)" if report.chain else ""
         print(
             f"verified: {target} bundle {report.bundle_id} "
-            f"({report.files_checked} files, {report.bytes_checked} bytes)"
+            f"({report.files_checked} files, {report.bytes_checked} bytes{walked})"
         )
         return EXIT_OK
     print(f"NOT verified: {target} ({len(report.problems)} problem(s))")
@@ -262,8 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=cmd_config_schema)
 
     explain = sub.add_parser("explain", help="run the explainer (the pod's entrypoint)")
-    explain.add_argument("--config", required=True, metavar="PATH")
-    explain.add_argument("--out", required=True, metavar="DIR")
+    explain.add_argument("--config", required=True, metavar="PATH", help="config file or s3:// URI")
+    explain.add_argument("--config-sha256", metavar="HEX", help="refuse a config with another digest")
+    explain.add_argument("--out", required=True, metavar="DIR", help="output folder or s3:// prefix")
+    explain.add_argument("--model-uri", metavar="URI", help="s3:// prefix holding model.pt and model.json")
+    explain.add_argument("--model-sha256", metavar="HEX", help="expected sha256 of the fetched model.pt")
     explain.add_argument("--inference", metavar="URI", help="inference frame (Parquet path or s3:// URI)")
     explain.add_argument("--background", metavar="URI", help="background frame (Parquet path or s3:// URI)")
     explain.add_argument(
@@ -284,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify = bundle_sub.add_parser("verify", help="verify a bundle folder or s3:// URI")
     verify.add_argument("target", metavar="PATH_OR_S3_URI")
     verify.add_argument("--public-key", metavar="PATH")
+    verify.add_argument(
+        "--chain",
+        action="store_true",
+        help="also verify every previous bundle of the model, back to the first (hash chain)",
+    )
+    verify.add_argument(
+        "--max-depth", type=int, metavar="N", help="with --chain: follow at most N links back"
+    )
     verify.set_defaults(func=cmd_bundle_verify)
     listing = bundle_sub.add_parser("list", help="list complete bundles")
     listing.add_argument("--bucket", help="default: every bucket named by the configs")

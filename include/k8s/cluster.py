@@ -273,6 +273,17 @@ class Reliability(_Strict):
     maxRetryDelaySeconds: Annotated[int, Field(ge=1, le=86_400)] = 600
 
 
+class Sharding(_Strict):
+    """How many pods (shards) one run's inference rows are split over on this cluster."""
+
+    instancesPerShard: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=64, description="Rows one pod explains at most: n = ceil(instances / instancesPerShard)."
+    )
+    maxShards: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=16, description="Most pods of one run (caps n; each pod pays the start-up and import cost)."
+    )
+
+
 class PodSettings(_Strict):
     runAsUser: Annotated[int, Field(ge=1, le=2**31 - 1)] = Field(
         default=10001,
@@ -326,6 +337,7 @@ class ProfileSpec(_Strict):
     defaultCapacity: Capacity = "on-demand"
     pod: PodSettings = Field(default_factory=PodSettings)
     reliability: Reliability = Field(default_factory=Reliability)
+    sharding: Sharding = Field(default_factory=Sharding)
 
     @field_validator("image")
     @classmethod

@@ -634,7 +634,9 @@ def _metadata(
         f"{LABEL_PREFIX}cost-center": cost_center,
         f"{LABEL_PREFIX}dag-id": run.dag_id,
         f"{LABEL_PREFIX}run-id": run.run_id,
-        f"{LABEL_PREFIX}shard": f"{run.shard_index}/{run.shard_count}",
+        # the cost stage reads the shard as an integer (annotations win over labels there)
+        f"{LABEL_PREFIX}shard": str(run.shard_index),
+        f"{LABEL_PREFIX}shard-count": str(run.shard_count),
         f"{LABEL_PREFIX}gpu-request": template.gpu.requested,
         f"{LABEL_PREFIX}gpu-allocation": template.gpu.describe(),
         # what the cost meter bills for the GPU: the share reserved, not the request

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,18 +73,43 @@ def _relative_to_repo(path: Path) -> str:
         return str(path)
 
 
+def work_knob(method: str) -> tuple[str | None, int]:
+    """The parameter a run's sample budget overrides (numSamples or steps) and its default.
+
+    ``(None, 1)`` for methods that do a fixed amount of work per instance (Saliency, TreeSHAP...):
+    their cost scales with the instances alone and a budget cannot lower it.
+    """
+    from include.explainers.params import work_parameter
+
+    spec = work_parameter(method)
+    return (spec.name, int(spec.default)) if spec is not None else (None, 1)
+
+
 def explainer_params(loaded: LoadedConfig, sample_budget: int | None) -> dict[str, Any]:
-    """The method's parameters with the run's sample budget applied (numSamples or steps)."""
+    """The method's own parameters, with the run's sample budget applied (numSamples or steps).
+
+    The config model carries every method's fields; only those the configured method takes are passed
+    on (the background settings, for instance, choose the rows provenance retrieves for every method,
+    but only the methods that summarise a background take them as parameters).
+    """
+    from include.explainers.params import method_parameters
+
     settings = loaded.config.spec.explainerConfig
     assert settings is not None  # guaranteed by the policy gate
-    params = settings.model_dump(exclude_none=True, exclude={"method", "seed"})
-    if settings.method == "IntegratedGradients":
-        # The background strategy chooses the rows the provenance stage retrieves (IG's
-        # background-mean baseline); it is not a parameter of the attribution method itself.
-        params.pop("backgroundDataStrategy", None)
-        params.pop("backgroundDataSubsetSize", None)
+    accepted = method_parameters(settings.method)
+    params = {
+        key: value
+        for key, value in settings.model_dump(exclude_none=True, exclude={"method", "seed"}).items()
+        if key in accepted
+    }
     if sample_budget is not None:
-        params["steps" if settings.method == "IntegratedGradients" else "numSamples"] = sample_budget
+        knob, _ = work_knob(settings.method)
+        if knob is None:
+            raise ValueError(
+                f"sample_budget does not apply to {settings.method}: the method has no numSamples or steps "
+                "(its work is fixed per instance); leave it empty"
+            )
+        params[knob] = sample_budget
     return params
 
 
@@ -253,9 +277,6 @@ def provenance_step(ctx: dict[str, Any], s3_client: Any = None, log: LogFn = pri
     }
 
 
-DEFAULT_BUDGET_PARAM = {"KernelSHAP": ("numSamples", 500), "IntegratedGradients": ("steps", 50)}
-
-
 def _resource_request(loaded: LoadedConfig) -> Any:
     from include.finops.meter import ResourceRequest
 
@@ -263,7 +284,9 @@ def _resource_request(loaded: LoadedConfig) -> Any:
     return ResourceRequest(requests.cpu_cores, requests.memory_bytes, requests.gpu_count)
 
 
-def plan_step(ctx: dict[str, Any], provenance: dict[str, Any], log: LogFn = print) -> dict[str, Any]:
+def plan_step(
+    ctx: dict[str, Any], provenance: dict[str, Any], log: LogFn = print, backend: str = "local"
+) -> dict[str, Any]:
     """Estimate the run's cost before any explanation is computed; stop or shrink to fit the budget.
 
     The estimate scales the cost of earlier runs of the same model and method (the cost store) by the
@@ -272,18 +295,19 @@ def plan_step(ctx: dict[str, Any], provenance: dict[str, Any], log: LogFn = prin
     from include.finops.plan import estimate_run_cost, fit_to_budget
     from include.finops.pricing import load_catalogue
     from include.finops.store import CostStore
+    from include.orchestration.shards import planned_shards
 
     loaded = load_config(ctx["config_path"])
     budget = loaded.config.spec.budget
     assert budget is not None
-    name, default = DEFAULT_BUDGET_PARAM[ctx["method"]]
+    name, default = work_knob(ctx["method"])
     params = dict(ctx["params"])
-    samples = int(params.get(name, default))
+    samples = int(params.get(name, default)) if name else 1
     estimate = estimate_run_cost(
         method=ctx["method"],
         num_samples_or_steps=samples,
         instances=len(provenance["inference_ids"]),
-        shards=1,
+        shards=planned_shards(backend, len(provenance["inference_ids"])),
         request=_resource_request(loaded),
         history=CostStore().history(ctx["model_name"], ctx["method"]),
         catalogue=load_catalogue(),
@@ -295,14 +319,14 @@ def plan_step(ctx: dict[str, Any], provenance: dict[str, Any], log: LogFn = prin
         "currency": estimate.currency,
         "budget": budget.maxCostPerRun,
         "on_exceed": budget.onExceed,
-        name: samples,
+        name or "work_per_instance": samples,
         "shrunk_from": None,
         "params": params,
     }
     log(
-        f"plan: {estimate.method} on {estimate.instances} instances × {name} {samples}: estimated "
-        f"{estimate.cost:.6f} (high {estimate.cost_high:.6f}) {estimate.currency} from {estimate.basis}; "
-        f"budget {budget.maxCostPerRun}"
+        f"plan: {estimate.method} on {estimate.instances} instances × {name or 'work per instance'} "
+        f"{samples}: estimated {estimate.cost:.6f} (high {estimate.cost_high:.6f}) {estimate.currency} "
+        f"from {estimate.basis}; budget {budget.maxCostPerRun}"
     )
     if estimate.cost_high > budget.maxCostPerRun:
         fitted = fit_to_budget(estimate, budget.maxCostPerRun) if budget.onExceed == "shrink" else None
@@ -312,6 +336,7 @@ def plan_step(ctx: dict[str, Any], provenance: dict[str, Any], log: LogFn = prin
                 f"estimated cost {estimate.cost_high:.6f} {estimate.currency} exceeds the budget "
                 f"{budget.maxCostPerRun} (onExceed: {budget.onExceed}); nothing was explained"
             )
+        assert name is not None  # fit_to_budget returns None for methods without a work knob
         log(f"plan: lowering {name} from {samples} to {fitted} to fit the budget")
         params[name] = fitted
         plan |= {
@@ -326,36 +351,6 @@ def plan_step(ctx: dict[str, Any], provenance: dict[str, Any], log: LogFn = prin
     return plan
 
 
-def explain_command(ctx: dict[str, Any], provenance: dict[str, Any], out_dir: Path) -> list[str]:
-    """The explainer entrypoint, the same command a Kubernetes pod runs."""
-    command = [
-        sys.executable,
-        "-m",
-        "include.cli",
-        "explain",
-        "--config",
-        ctx["config_path"],
-        "--out",
-        str(out_dir),
-        "--inference",
-        provenance["inference_uri"],
-        "--background",
-        provenance["background_uri"],
-        "--inference-sha256",
-        provenance["inference_sha256"],
-        "--background-sha256",
-        provenance["background_sha256"],
-        "--model-version",
-        ctx["model_version"],
-        "--seed",
-        str(ctx["seed"]),
-    ]
-    budget = ctx["params"].get("numSamples") or ctx["params"].get("steps")
-    if budget:
-        command += ["--sample-budget", str(budget)]
-    return command
-
-
 def explain_step(
     ctx: dict[str, Any],
     provenance: dict[str, Any],
@@ -363,51 +358,30 @@ def explain_step(
     s3_client: Any = None,
     log: LogFn = print,
 ) -> dict[str, Any]:
-    """Run ``xac explain`` as a local process, stream its log, measure what it used."""
-    if plan is not None:  # the plan may have lowered numSamples/steps to fit the budget
-        ctx = ctx | {"params": plan["params"]}
-    from include.orchestration.local_process import ProcessFailed, child_environment, run_measured
+    """The local backend's shards run here one after the other, then the join (scripts, benchmarks).
 
-    workspace = Path(ctx["workspace"])
-    out_dir = workspace / "explain"
-    shutil.rmtree(out_dir, ignore_errors=True)
-    log_path = workspace / "logs" / "explain.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log_file:
+    The DAG runs the same three parts as separate tasks (include/orchestration/shards.py): the shard
+    plan, one mapped task per shard, the join.
+    """
+    from include.orchestration.shards import explain_shard_step, join_step, shard_plan_step
 
-        def tee(line: str) -> None:
-            log(line)
-            log_file.write(line + "\n")
-
-        try:
-            extra = {}
-            if s3_client is not None and s3_client.meta.endpoint_url:
-                # the child reads the staged frames through the same endpoint as this task
-                extra["S3_ENDPOINT_URL"] = s3_client.meta.endpoint_url
-            usage = run_measured(
-                explain_command(ctx, provenance, out_dir), env=child_environment(extra), on_line=tee
-            )
-        except ProcessFailed as exc:
-            _write_json(workspace / "usage.json", exc.usage.to_json())
-            raise StageFailed(str(exc)) from None
-    _write_json(workspace / "usage.json", usage.to_json())
-    summary = json.loads((out_dir / "run_summary.json").read_text())
-    return {
-        "out_dir": str(out_dir),
-        "usage": usage.to_json(),
-        "explained": summary["counts"]["explanations"],
-        "params": ctx["params"],
-    }
+    shards = shard_plan_step(ctx, provenance, plan, backend="local", s3_client=s3_client, log=log)
+    results = [explain_shard_step(ctx, provenance, plan, shard, s3_client, log) for shard in shards]
+    return join_step(ctx, shards, results, backend="local", s3_client=s3_client, plan=plan, log=log)
 
 
 def meter_step(
     ctx: dict[str, Any], explain: dict[str, Any], plan: dict[str, Any] | None = None, log: LogFn = print
 ) -> dict[str, Any]:
-    """Price the explainer process from its measured usage; compare with the plan and the budget.
+    """Price the explain step; compare with the plan and the budget.
 
+    Local backend: each shard's process from its measured usage. Kubernetes backend: each finished
+    pod that the join collected (every try, failed ones too), from its requests, node and times.
     The rows also go to the cost store (cost per model per month; history for the next plan) and,
     as a FOCUS 1.0 CSV, into the bundle.
     """
+    from dataclasses import replace
+
     from include.finops.focus import write_focus_csv
     from include.finops.meter import ResourceUsage, RunLabels, price_usage, summarise
     from include.finops.pricing import load_catalogue
@@ -416,30 +390,46 @@ def meter_step(
     loaded = load_config(ctx["config_path"])
     spec = loaded.config.spec
     assert spec.owner is not None and spec.budget is not None
-    raw = explain["usage"]
-    usage = ResourceUsage(
-        started_at=datetime.fromisoformat(raw["started_at"]),
-        finished_at=datetime.fromisoformat(raw["finished_at"]),
-        cpu_seconds=raw["cpu_seconds"],
-        peak_memory_bytes=raw["peak_memory_bytes"],
-        exit_code=raw["exit_code"],
-        gpu_count=raw.get("gpu_count", 0.0),
-    )
+
+    def measured(raw: dict[str, Any]) -> ResourceUsage:
+        return ResourceUsage(
+            started_at=datetime.fromisoformat(raw["started_at"]),
+            finished_at=datetime.fromisoformat(raw["finished_at"]),
+            cpu_seconds=raw["cpu_seconds"],
+            peak_memory_bytes=raw["peak_memory_bytes"],
+            exit_code=raw["exit_code"],
+            gpu_count=raw.get("gpu_count", 0.0),
+        )
+
     requests = spec.resourceRequirements
     catalogue = load_catalogue()
-    rows = price_usage(
-        usage,
-        _resource_request(loaded),
-        RunLabels(
-            model=ctx["model_name"],
-            model_version=ctx["model_version"],
-            config_name=ctx["config_name"],
-            run_id=ctx["run_id"],
-            team=spec.owner.team,
-            cost_center=spec.owner.costCenter,
-        ),
-        catalogue,
+    labels = RunLabels(
+        model=ctx["model_name"],
+        model_version=ctx["model_version"],
+        config_name=ctx["config_name"],
+        run_id=ctx["run_id"],
+        team=spec.owner.team,
+        cost_center=spec.owner.costCenter,
     )
+    notes: list[str] = []
+    usage: ResourceUsage | None = None
+    runtime_seconds: float | None = None
+    if explain.get("pods") is not None:
+        from include.finops.pod import pod_lifetime
+        from include.orchestration.shards import price_pods
+
+        rows, notes = price_pods(explain["pods"], explain.get("cluster_profile"))
+        windows = [pod_lifetime(json.loads(Path(p).read_text())["pod"]) for p in explain["pods"]]
+        if windows:
+            runtime_seconds = (max(w[1] for w in windows) - min(w[0] for w in windows)).total_seconds()
+    else:
+        rows = []
+        for index, raw in enumerate(explain.get("usages") or [explain["usage"]]):
+            rows += price_usage(
+                measured(raw), _resource_request(loaded), replace(labels, shard=index), catalogue
+            )
+        usage = measured(explain["usage"])
+        runtime_seconds = usage.wall_seconds
     summary = summarise(
         rows,
         explanations=int(explain["explained"]),
@@ -451,8 +441,9 @@ def meter_step(
         "effective_date": catalogue.effective_date,
         "source": catalogue.source,
     }
-    summary["notes"] = []
-    if requests.gpu_count > 0 and usage.gpu_count == 0:
+    summary["notes"] = notes
+    summary["backend"] = explain.get("backend", "local")
+    if usage is not None and requests.gpu_count > 0 and usage.gpu_count == 0:
         summary["notes"].append(
             f"the config requests {requests.gpu} GPU; the local backend allocates none, so no GPU is billed"
         )
@@ -469,15 +460,16 @@ def meter_step(
     write_focus_csv(rows, workspace / "cost.focus.csv")
     store = CostStore()
     store.append(rows)
-    name, default = DEFAULT_BUDGET_PARAM[ctx["method"]]
+    name, default = work_knob(ctx["method"])
     store.record_run(
         config=ctx["config_name"],
         run_id=ctx["run_id"],
         model=ctx["model_name"],
         method=ctx["method"],
-        samples_or_steps=int(explain.get("params", ctx["params"]).get(name, default)),
+        samples_or_steps=int(explain.get("params", ctx["params"]).get(name, default)) if name else 1,
         explained=int(explain["explained"]),
-        runtime_seconds=usage.wall_seconds,
+        shards=int(explain.get("shards", 1)),
+        runtime_seconds=runtime_seconds,
     )
     log(
         f"cost: {summary['total']:.6f} {catalogue.currency} "
@@ -487,6 +479,11 @@ def meter_step(
     if summary["within_budget"] is False:
         # The spend already happened; the alert makes it visible and the bundle records it.
         log(f"ALERT: run cost {summary['total']} exceeds the budget {spec.budget.maxCostPerRun}")
+    from include.finops.pushgateway import push_run_metrics
+
+    # To Prometheus/Grafana when XAC_PUSHGATEWAY_URL is set; a failed push is logged, never raised.
+    run_key = {"model": ctx["model_name"], "config": ctx["config_name"], "run": ctx["run_id"]}
+    push_run_metrics(summary, **run_key, duration_seconds=runtime_seconds or 0.0, log=log)
     return summary
 
 
@@ -569,6 +566,11 @@ def assemble_bundle(ctx: dict[str, Any], explain: dict[str, Any], provenance: di
     if (workspace / "plan.json").exists():
         shutil.copy2(workspace / "plan.json", staging / "plan.json")
     shutil.copy2(workspace / "fidelity_gate.json", staging / "fidelity_gate.json")
+    if explain.get("pods"):  # the finished pod objects the cost was computed from (kubernetes backend)
+        (staging / "pods").mkdir()
+        for path in explain["pods"]:
+            record = Path(path)
+            shutil.copy2(record, staging / "pods" / f"{record.parent.name}-{record.name}")
     (staging / "logs").mkdir()
     shutil.copy2(workspace / "logs" / "explain.log", staging / "logs" / "explain.log")
     return staging
@@ -589,9 +591,15 @@ def publish_step(
     s3_client: Any,
     signer: Any,
     log: LogFn = print,
+    task_logs: Any = None,
 ) -> dict[str, Any]:
-    """Sign the bundle and publish it, write-once, to the config's bucket and prefix."""
-    from include.compliance import build_bundle, ensure_bucket, public_key_pem, publish_bundle
+    """Sign the bundle and publish it, write-once, to the config's bucket and prefix.
+
+    ``task_logs`` (:class:`include.compliance.logs.TaskLogSource`, from the DAG task) locates the run's
+    Airflow task logs and the secrets to redact; without it only the explainer's log is bundled.
+    """
+    from include.compliance import build_bundle, ensure_bucket
+    from include.compliance.bundle import Manifest
     from include.compliance.report import render_report
     from include.compliance.retention import (
         RetentionError,
@@ -599,10 +607,36 @@ def publish_step(
         bundle_storage_cost,
         object_lock_settings,
     )
+    from include.compliance.store import bundle_uri, publication_state
     from include.finops.pricing import load_catalogue
 
     retention = load_config(ctx["config_path"]).config.spec.retention
+    # Exactly one bundle per run, even when this task retries: keep what an earlier attempt finished,
+    # resume what it left part-way (same staged bundle), and only otherwise build a new one.
+    earlier = publication_state(s3_client, ctx["bucket"], ctx["bundle_prefix"])
+    if (
+        earlier.complete
+        and earlier.manifest is not None
+        and earlier.manifest.run.get("run_id") == ctx["run_id"]
+    ):
+        uri = bundle_uri(ctx["bucket"], ctx["bundle_prefix"])
+        log(f"bundle {earlier.manifest.bundle_id} of this run was published by an earlier attempt: {uri}")
+        _remove_staged_frames(ctx, s3_client)
+        return _published(uri, earlier.manifest.bundle_id, earlier.manifest.run)
+    resumable = Path(ctx["workspace"]) / "bundle"
+    if earlier.owned_by(resumable):
+        manifest = Manifest.from_bytes((resumable / "manifest.json").read_bytes())
+        log(f"resuming the upload of bundle {manifest.bundle_id}, left part-way by an earlier attempt")
+        uri = _upload_bundle(ctx, resumable, s3_client=s3_client, signer=signer, retention=retention)
+        _remove_staged_frames(ctx, s3_client)
+        return _published(uri, manifest.bundle_id, manifest.run)
     staging = assemble_bundle(ctx, explain, provenance)
+    from include.compliance.logs import collect_run_logs
+
+    # All task logs of the run + the explainer's, secrets redacted (replaces the raw explain.log copy).
+    run_logs = collect_run_logs(
+        staging / "logs", process_logs=(Path(ctx["workspace"]) / "logs").glob("*.log"), source=task_logs
+    )
     cost = json.loads((staging / "cost.json").read_text())["summary"]
     fidelity = fidelity_figure(json.loads((staging / "fidelity.json").read_text()))
     ensure_bucket(s3_client, ctx["bucket"])
@@ -652,6 +686,7 @@ def publish_step(
         "fidelity_metric": fidelity.get("metric"),
         "explained": explain["explained"],
         "bundle_bytes_before_signing": bundle_bytes,
+        "logs": run_logs.to_run_record(),
         "bundle_storage_cost_per_month": storage_cost,
         "retention": {
             "years": retention.years,
@@ -662,7 +697,30 @@ def publish_step(
     }
     render_report(staging, run=run, retention=retention_result)
     manifest = build_bundle(staging, run=run, signer=signer, previous=gate.get("previous_bundle"))
-    uri = publish_bundle(
+    uri = _upload_bundle(ctx, staging, s3_client=s3_client, signer=signer, retention=retention, lock=lock)
+    log(f"published bundle {manifest.bundle_id} to {uri}")
+    _remove_staged_frames(ctx, s3_client)
+    return _published(uri, manifest.bundle_id, run)
+
+
+def _upload_bundle(
+    ctx: dict[str, Any],
+    staging: Path,
+    *,
+    s3_client: Any,
+    signer: Any,
+    retention: Any,
+    lock: dict[str, Any] | None = None,
+) -> str:
+    """Upload a built, signed bundle write-once (safe to call again after a failure part-way)."""
+    from include.compliance import public_key_pem, publish_bundle
+    from include.compliance.retention import object_lock_settings
+
+    if lock is None:
+        lock = object_lock_settings(
+            s3_client, ctx["bucket"], years=retention.years, mode=retention.objectLockMode
+        )
+    return publish_bundle(
         staging,
         s3_client=s3_client,
         bucket=ctx["bucket"],
@@ -671,14 +729,16 @@ def publish_step(
         object_lock=lock,
         sse_kms_key_id=load_config(ctx["config_path"]).config.spec.storage.kmsKeyId,
     )
-    log(f"published bundle {manifest.bundle_id} to {uri}")
-    _remove_staged_frames(ctx, s3_client)
+
+
+def _published(uri: str, bundle_id: str, run: dict[str, Any]) -> dict[str, Any]:
+    """What the publish task returns (and the DAG's Asset event carries), from the bundle's run record."""
     return {
         "uri": uri,
-        "bundle_id": manifest.bundle_id,
-        "cost_total": cost["total"],
-        "currency": cost["currency"],
-        "fidelity_score": fidelity.get("score"),
-        "fidelity_metric": fidelity.get("metric"),
-        "bundle_storage_cost_per_month": storage_cost,
+        "bundle_id": bundle_id,
+        "cost_total": run.get("cost_total"),
+        "currency": run.get("currency"),
+        "fidelity_score": run.get("fidelity_score"),
+        "fidelity_metric": run.get("fidelity_metric"),
+        "bundle_storage_cost_per_month": run.get("bundle_storage_cost_per_month"),
     }

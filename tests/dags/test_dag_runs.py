@@ -136,6 +136,38 @@ def test_sample_dag_publishes_a_bundle_that_verifies(dagbag, dag_id: str, tmp_pa
     assert any(victim.name in p and "sha256" in p for p in report.problems), report.problems
 
 
+def test_a_retried_publish_keeps_or_finishes_the_runs_one_bundle(dagbag) -> None:
+    """One bundle per run: a publish retry after success keeps it; after a partial upload, resumes it."""
+    from include.compliance import list_bundles, load_or_create_signing_key, verify_bundle
+    from include.compliance.store import bundle_uri
+    from include.orchestration.pipeline import publish_step
+    from include.storage import default_public_key_path, default_signing_key_path, s3_client
+
+    client = s3_client()
+    dag_id = "diagnosis-risk-kernelshap"
+    runs = [b for b in list_bundles(client, "xac-explanations") if b.dag_id == dag_id]
+    assert runs, "run the publishing tests first (module order)"
+    ctx = json.loads((_workspace(dag_id, runs[0].run_id) / "run.json").read_text())
+    signer = load_or_create_signing_key(default_signing_key_path())
+    public_key = default_public_key_path().read_bytes()
+    uri = bundle_uri(ctx["bucket"], ctx["bundle_prefix"])
+    logged: list[str] = []
+
+    again = publish_step(ctx, {}, {}, {}, s3_client=client, signer=signer, log=logged.append)
+    assert again["bundle_id"] == runs[0].bundle_id and again["uri"] == uri
+    assert "published by an earlier attempt" in logged[-1]
+
+    # An attempt that died after the payload: manifest and statement never arrived.
+    for name in ("statement.dsse.json", "manifest.json"):
+        client.delete_object(Bucket=ctx["bucket"], Key=f"{ctx['bundle_prefix'].rstrip('/')}/{name}")
+    assert not [b for b in list_bundles(client, ctx["bucket"], prefix=ctx["bundle_prefix"]) if b.complete]
+    resumed = publish_step(ctx, {}, {}, {}, s3_client=client, signer=signer, log=logged.append)
+    assert resumed["bundle_id"] == runs[0].bundle_id and "resuming" in logged[-1]
+    listed = list_bundles(client, ctx["bucket"], prefix=ctx["bundle_prefix"])
+    assert [b.bundle_id for b in listed if b.complete] == [runs[0].bundle_id]
+    assert verify_bundle(uri, public_key_pem=public_key, s3_client=client).ok
+
+
 def test_cli_verifies_and_lists_a_published_bundle(dagbag) -> None:
     env = dict(os.environ)
     xac = [sys.executable, "-m", "include.cli"]
