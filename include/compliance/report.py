@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 REPORT_NAME = "report.html"
+REPORT_PDF_NAME = "report.pdf"  # the same report laid out as a PDF (include.compliance.report_pdf)
 # Per-instance rows shown in the report; all explanations stay in explanations/ regardless.
 DEFAULT_MAX_INSTANCES = 200
 TOP_FEATURES = 5
@@ -214,7 +215,7 @@ class Bundle:
             for name in sorted(filenames):
                 full = Path(dirpath) / name
                 rel = full.relative_to(self.root).as_posix()
-                if rel == REPORT_NAME or not stat.S_ISREG(full.lstat().st_mode):
+                if rel in (REPORT_NAME, REPORT_PDF_NAME) or not stat.S_ISREG(full.lstat().st_mode):
                     continue
                 size, digest = sha256_file(full)
                 rows.append((rel, size, digest))
@@ -269,7 +270,7 @@ ARTICLE_MAP: tuple[ArticleRow, ...] = (
         "model training.",
     ),
     ArticleRow(
-        ("provenance.json", "validation.json", "logs/explain.log"),
+        ("provenance.json", "validation.json", "logs/explain.log", "logs/index.json"),
         "Art. 12(1), 12(2)",
         "High-risk systems technically allow the automatic recording of events (logs) over their "
         "lifetime; logging enables recording events relevant for identifying risk situations or "
@@ -277,7 +278,8 @@ ARTICLE_MAP: tuple[ArticleRow, ...] = (
         "by deployers (Art. 26(5)).",
         "Records, without manual steps, which feature views and source files (with sha256), which git "
         "commit of the feature repository and which hashed entities were used at which time, the "
-        "outcome of every data expectation, and the explainer's own log.",
+        "outcome of every data expectation, the explainer's own log and every Airflow task log of the "
+        "run (each attempt; secrets redacted, counts in logs/index.json).",
     ),
     ArticleRow(
         ("validation.json",),
@@ -327,7 +329,7 @@ ARTICLE_MAP: tuple[ArticleRow, ...] = (
         "(manifest previous_bundle) orders the runs.",
     ),
     ArticleRow(
-        ("logs/explain.log", "provenance.json", "validation.json"),
+        ("logs/explain.log", "logs/index.json", "provenance.json", "validation.json"),
         "Art. 19(1); Art. 26(6)",
         "Providers (19(1)) and deployers (26(6)) keep the automatically generated logs under their "
         "control for a period appropriate to the intended purpose, of at least six months, unless "
@@ -336,7 +338,7 @@ ARTICLE_MAP: tuple[ArticleRow, ...] = (
         "Object Lock settings applied to its prefix.",
     ),
     ArticleRow(
-        ("manifest.json", "statement.dsse.json", "report.html"),
+        ("manifest.json", "statement.dsse.json", "report.html", "report.pdf"),
         "Art. 18(1); Art. 11(1)",
         "Providers keep the technical documentation at the disposal of national competent authorities "
         "for 10 years after the system is placed on the market or put into service, and keep it up to "
@@ -360,6 +362,8 @@ SIGNING_ARTIFACTS = frozenset({"manifest.json", "statement.dsse.json"})
 def _artifact_status(bundle: Bundle, pattern: str) -> str:
     if pattern == REPORT_NAME:
         return "this report"
+    if pattern == REPORT_PDF_NAME:
+        return "this report, as PDF"
     if pattern in SIGNING_ARTIFACTS and bundle.regular(pattern) is None:
         return "added when the bundle is signed"
     folder, _, name = pattern.rpartition("/")
@@ -1024,15 +1028,54 @@ def _section_artifacts(inventory: Sequence[tuple[str, int, str]]) -> Markup:
     )
 
 
+def _log_index(bundle: Bundle) -> Markup:
+    """The bundled logs (logs/index.json): every task attempt, what was redacted, what is incomplete."""
+    index = bundle.json("logs/index.json", required=False)
+    if index is None:
+        return Markup('<p class="muted">No log index (logs/index.json) in this bundle.</p>')
+    rows = []
+    for item in as_list(index.get("files")):
+        entry = as_dict(item)
+        redactions = as_dict(entry.get("redactions"))
+        rows.append(
+            (
+                code(entry.get("path")),
+                entry.get("task_id") or entry.get("kind"),
+                entry.get("attempt"),
+                num(entry.get("size")),
+                "yes" if entry.get("complete", True) else Markup('<span class="alert">no (see note)</span>'),
+                ", ".join(f"{k}: {v}" for k, v in sorted(redactions.items())) or "none",
+            )
+        )
+    totals = as_dict(index.get("redactions"))
+    parts = [
+        Markup(
+            "<p>Every log of the run is in the bundle under <code>logs/</code>. Secrets were replaced by "
+            "<code>***</code> before signing; the counts say how many, per kind, never what.</p>"
+        ),
+        table(["File", "Task", "Attempt", "Bytes", "Complete", "Redacted"], rows),
+        kv_table(
+            [("Redactions in total", ", ".join(f"{k}: {v}" for k, v in sorted(totals.items())) or "none")]
+        ),
+    ]
+    notes = [n for n in as_list(index.get("notes")) if isinstance(n, str)]
+    if notes:
+        parts.append(Markup("<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"))
+    return Markup("".join(parts))
+
+
 def _section_log(bundle: Bundle) -> Markup:
+    index = _log_index(bundle)
     text = bundle.text("logs/explain.log")
     if text is None:
-        return Markup('<p class="muted">logs/explain.log is missing or unreadable (see the notices).</p>')
+        return Markup(
+            index + '<p class="muted">logs/explain.log is missing or unreadable (see the notices).</p>'
+        )
     lines = text.splitlines()
     tail = lines[-LOG_TAIL_LINES:]
     note = f"last {len(tail)} of {len(lines)} lines" if len(lines) > len(tail) else f"{len(lines)} lines"
     summary = f"<summary>logs/explain.log ({esc(note)})</summary>"
-    return Markup(f"<details>{summary}<pre>{esc(chr(10).join(tail))}</pre></details>")
+    return Markup(f"{index}<details>{summary}<pre>{esc(chr(10).join(tail))}</pre></details>")
 
 
 def _section_config(data: Loaded) -> Markup:
@@ -1153,8 +1196,12 @@ def render_report(
     run: Mapping[str, Any] | None = None,
     retention: Mapping[str, Any] | None = None,
     max_instances: int = DEFAULT_MAX_INSTANCES,
+    pdf: bool = True,
 ) -> Path:
     """Write ``report.html`` into ``bundle_dir`` (a staging folder, before the manifest) and return its path.
+
+    With ``pdf`` (the default) ``report.pdf`` is written beside it, laid out from the same HTML. Should
+    the PDF fail, the HTML says so in its notices and no PDF is left behind: the bundle is still published.
 
     ``run`` is the run dict the pipeline passes to ``build_bundle`` (identity, config digest, ...); when it
     is None the ``run`` of an existing ``manifest.json`` is used (re-rendering a downloaded bundle).
@@ -1181,7 +1228,7 @@ def render_report(
         ("retention", "Retention", lambda: _section_retention(retention)),
         ("articles", "EU AI Act: artifacts and provisions", lambda: _article_section(bundle)),
         ("artifacts", "Artifacts", lambda: _section_artifacts(inventory)),
-        ("logs", "Explainer log", lambda: _section_log(bundle)),
+        ("logs", "Logs of the run", lambda: _section_log(bundle)),
         ("config", "Configuration", lambda: _section_config(data)),
     ]
     rendered = []
@@ -1192,29 +1239,42 @@ def render_report(
             bundle.notices.append(f"section {heading!r} could not be rendered: {type(exc).__name__}: {exc}")
             body = Markup('<p class="alert">This section could not be rendered; see the notices above.</p>')
         rendered.append(f'<section id="{anchor}"><h2>{esc(heading)}</h2>{body}</section>')
-    notices = ""
-    if bundle.notices:
-        notices = (
-            '<div class="notice"><strong>Notices</strong><ul>'
-            + "".join(f"<li>{esc(n)}</li>" for n in bundle.notices)
-            + "</ul></div>"
-        )
     title = (
         f"Explanation report: {model.get('name') or 'unknown model'} version {model.get('version') or '?'}"
     )
-    page = _PAGE.substitute(
-        csp=_CSP,  # our constant; contains no double quote
-        css=_CSS,
-        title=esc(title),
-        notices=notices,
-        toc="".join(f'<li><a href="#{a}">{esc(h)}</a></li>' for a, h, _ in sections),
-        sections="\n".join(rendered),
-    )
+
+    def page() -> str:
+        notices = ""
+        if bundle.notices:
+            notices = (
+                '<div class="notice"><strong>Notices</strong><ul>'
+                + "".join(f"<li>{esc(n)}</li>" for n in bundle.notices)
+                + "</ul></div>"
+            )
+        return _PAGE.substitute(
+            csp=_CSP,  # our constant; contains no double quote
+            css=_CSS,
+            title=esc(title),
+            notices=notices,
+            toc="".join(f'<li><a href="#{a}">{esc(h)}</a></li>' for a, h, _ in sections),
+            sections="\n".join(rendered),
+        )
+
     target = bundle.root / REPORT_NAME
+    text = page()
+    if pdf:
+        from include.compliance.report_pdf import render_pdf
+
+        try:
+            render_pdf(bundle.root, text, title=title)
+        except Exception as exc:  # the HTML report and the evidence matter more than their PDF copy
+            (bundle.root / REPORT_PDF_NAME).unlink(missing_ok=True)
+            bundle.notices.append(f"{REPORT_PDF_NAME} could not be produced: {type(exc).__name__}: {exc}")
+            text = page()
     # Write-then-rename: a crash never leaves a half report that build_bundle would sign.
     tmp = target.with_name(f".{REPORT_NAME}.tmp")
     try:
-        tmp.write_text(page, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)

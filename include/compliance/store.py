@@ -8,25 +8,30 @@ Publish protocol (one bundle per prefix, create-only, retry-safe):
 2. every payload file, then ``manifest.json``, then ``statement.dsse.json`` LAST: the statement's
    presence is what marks a bundle complete for :func:`list_bundles` and :func:`download_bundle`.
 
-Every object is written with ``IfNoneMatch="*"`` and ``ChecksumAlgorithm="SHA256"``, and carries
-``x-amz-meta-sha256``. When a key already exists (a retry after a partial publish, or a 412 from a
+Every object is written create-only (``If-None-Match: *``) with ``ChecksumAlgorithm="SHA256"``, and
+carries ``x-amz-meta-sha256``. When a key already exists (a retry after a partial publish, or a 412 from a
 racing writer) its digest is compared: identical content is accepted, anything else raises
 :class:`BundleConflictError` and nothing is overwritten.
 
-Why not ``upload_file``: s3transfer 0.19's ``ALLOWED_UPLOAD_ARGS`` does not include ``IfNoneMatch``,
-so the transfer manager cannot do create-only writes. Files up to ``multipart_threshold`` go through
-``put_object`` (a single PUT, up to 5 GiB on S3); larger ones through an explicit multipart upload whose
-``CompleteMultipartUpload`` carries ``IfNoneMatch="*"`` (S3 and moto 5.2 honour it there). Downloads do
-use the transfer manager (``download_file``).
+Upload mechanics: boto3's managed transfer (:func:`boto3.s3.transfer.create_transfer_manager` with a
+:class:`~boto3.s3.transfer.TransferConfig`) does the PUTs: one manager per publish schedules every object
+(largest first) on ``max_workers`` threads and switches to multipart at ``multipart_threshold``. Checksums,
+metadata, content type, Object Lock and SSE-KMS go in as ``ExtraArgs``. ``IfNoneMatch`` cannot: s3transfer
+0.19's ``ALLOWED_UPLOAD_ARGS`` lacks it (boto/boto3#4366; boto/s3transfer#371 is still open), so
+:class:`_CreateOnlyGuard` adds it through botocore's event system to exactly the ``PutObject`` and
+``CompleteMultipartUpload`` requests of the keys this publish is writing (S3 and moto 5.2 honour it on
+both), and every upload is checked afterwards to have carried it. Downloads use ``download_file``.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import mimetypes
-import os
+import threading
+import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -186,120 +191,180 @@ def _content_type(name: str) -> str:
     return guessed or "application/octet-stream"
 
 
-def _put_single(s3_client: Any, bucket: str, item: _Upload) -> None:
-    extra = {
-        "Bucket": bucket,
-        "Key": item.key,
-        "IfNoneMatch": "*",
+class _CreateOnlyGuard:
+    """Adds ``IfNoneMatch="*"`` to the PutObject / CompleteMultipartUpload requests of armed keys.
+
+    The transfer manager refuses ``IfNoneMatch`` in ``ExtraArgs`` but sends its requests through the
+    client's event system, so a ``before-parameter-build`` handler can set the parameter (it is then
+    serialised and signed like any other). Scoped three ways: registered only for the ``with`` block (under
+    unique ids, so two publishes on one client never clash), acting only on ``bucket`` and on the keys
+    :meth:`arm`-ed for the upload in flight, and on those two operations only. A ``before-sign`` handler
+    then confirms that the request about to be sent really carries ``If-None-Match: *`` (a later handler
+    could drop the parameter, a botocore without it in the model would not serialise it):
+    :meth:`disarm` reports that, so an unconfirmed write is never counted as create-only. The handlers run
+    on the manager's worker threads, hence the lock.
+    """
+
+    OPERATIONS = ("PutObject", "CompleteMultipartUpload")
+    _CONTEXT_KEY = "xac_create_only_key"
+
+    def __init__(self, s3_client: Any, bucket: str) -> None:
+        self._events = s3_client.meta.events
+        self._bucket = bucket
+        self._lock = threading.Lock()
+        self._armed: set[str] = set()
+        self._confirmed: set[str] = set()
+        self._unique_id = f"xac-create-only-{uuid.uuid4().hex}"
+        self._handlers = [
+            (f"{stage}.s3.{operation}", handler)
+            for operation in self.OPERATIONS
+            for stage, handler in (("before-parameter-build", self._stamp), ("before-sign", self._confirm))
+        ]
+
+    def __enter__(self) -> _CreateOnlyGuard:
+        for event, handler in self._handlers:
+            self._events.register(event, handler, unique_id=f"{self._unique_id}:{event}")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for event, _handler in self._handlers:
+            self._events.unregister(event, unique_id=f"{self._unique_id}:{event}")
+
+    def arm(self, key: str) -> None:
+        with self._lock:
+            self._armed.add(key)
+            self._confirmed.discard(key)
+
+    def disarm(self, key: str) -> bool:
+        """Stop guarding ``key``; True when a signed request for it carried ``If-None-Match: *``."""
+        with self._lock:
+            self._armed.discard(key)
+            confirmed = key in self._confirmed
+            self._confirmed.discard(key)
+            return confirmed
+
+    def _stamp(self, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        if params.get("Bucket") != self._bucket:
+            return
+        key = params.get("Key")
+        with self._lock:
+            if key in self._armed:
+                params["IfNoneMatch"] = "*"
+                # The per-call context travels with the request to signing: it names the key there and
+                # which guard armed it (two publishes of one bundle on one client may both guard it).
+                context.setdefault(self._CONTEXT_KEY, []).append((self._unique_id, key))
+
+    def _confirm(self, request: Any, **_: Any) -> None:
+        marks = getattr(request, "context", {}).get(self._CONTEXT_KEY, [])
+        keys = [key for guard_id, key in marks if guard_id == self._unique_id]
+        if keys and request.headers.get("If-None-Match") == "*":
+            with self._lock:
+                self._confirmed.update(keys)
+
+
+def _extra_args(item: _Upload, multipart_threshold: int) -> dict[str, Any]:
+    extra: dict[str, Any] = {
         "ChecksumAlgorithm": "SHA256",
-        # Sending the digest we already computed lets S3 reject corrupted uploads without re-hashing.
-        "ChecksumSHA256": base64.b64encode(bytes.fromhex(item.sha256)).decode("ascii"),
         "Metadata": {META_SHA256: item.sha256},
         "ContentType": item.content_type,
-        "ContentLength": item.size,
         **item.lock,
     }
-    if isinstance(item.source, bytes):
-        s3_client.put_object(Body=item.source, **extra)
-        return
-    with open(item.source, "rb") as handle:
-        s3_client.put_object(Body=handle, **extra)
+    # s3transfer goes multipart at size >= threshold. For a single PUT, sending the digest we already
+    # computed lets S3 reject a corrupted upload without botocore re-hashing the file. Not for multipart:
+    # s3transfer would turn it into a FULL_OBJECT checksum, which S3 allows for CRC algorithms only; there
+    # botocore checksums every part with SHA-256 and the object gets a composite checksum.
+    if item.size < multipart_threshold:
+        extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(item.sha256)).decode("ascii")
+    return extra
 
 
-def _put_multipart(s3_client: Any, bucket: str, item: _Upload, part_size: int, workers: int) -> None:
-    assert isinstance(item.source, Path)
-    path = item.source
-    upload_id = s3_client.create_multipart_upload(
-        Bucket=bucket,
-        Key=item.key,
-        ChecksumAlgorithm="SHA256",
-        Metadata={META_SHA256: item.sha256},
-        ContentType=item.content_type,
-        **item.lock,
-    )["UploadId"]
-
-    def send(number: int) -> dict[str, Any]:
-        offset = (number - 1) * part_size
-        with open(path, "rb") as handle:
-            data = os.pread(handle.fileno(), min(part_size, item.size - offset), offset)
-        response = s3_client.upload_part(
-            Bucket=bucket,
-            Key=item.key,
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=data,
-            ChecksumAlgorithm="SHA256",
+def _check_existing(
+    s3_client: Any, bucket: str, item: _Upload, head: dict[str, Any], stats: PublishStats
+) -> None:
+    """An object already sits at ``item.key``: accept it if it holds our bytes, else BundleConflictError."""
+    if not _same_object(s3_client, bucket, item.key, head, item.size, item.sha256):
+        stored = head.get("Metadata", {}).get(META_SHA256, "?")
+        raise BundleConflictError(
+            f"s3://{bucket}/{item.key} already exists with different content (stored sha256 "
+            f"{short(stored)}, size {head.get('ContentLength')}; "
+            f"ours {short(item.sha256)}, size {item.size}); refusing to overwrite"
         )
-        part = {"PartNumber": number, "ETag": response["ETag"]}
-        if response.get("ChecksumSHA256"):
-            part["ChecksumSHA256"] = response["ChecksumSHA256"]
-        return part
-
-    count = max(1, -(-item.size // part_size))
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            parts = list(pool.map(send, range(1, count + 1)))
-        s3_client.complete_multipart_upload(
-            Bucket=bucket,
-            Key=item.key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": parts},
-            IfNoneMatch="*",
-        )
-    except BaseException:
-        # Do not leave billable orphan parts behind; the caller decides what the failure means.
-        try:
-            s3_client.abort_multipart_upload(Bucket=bucket, Key=item.key, UploadId=upload_id)
-        except Exception:
-            pass
-        raise
+    stats.already_present.append(item.key)
 
 
-def _create_only(
+def _upload_create_only(
     s3_client: Any,
     bucket: str,
-    item: _Upload,
+    items: list[_Upload],
     stats: PublishStats,
     *,
+    manager: Any,
+    guard: _CreateOnlyGuard,
     multipart_threshold: int,
-    part_size: int,
     workers: int,
 ) -> None:
-    """Write ``item`` unless an identical object exists; raise BundleConflictError on different content."""
+    """Write every item that is not there yet, in the given order; identical existing objects count as done.
+
+    A HEAD per key first, so a retry does not send gigabytes only to be told 412 (on multipart that comes
+    after the last part). Every upload runs to its end before the first error is raised, so a caller that
+    sees success knows all of ``items`` are in place.
+    """
     from botocore.exceptions import ClientError
 
-    uri = f"s3://{bucket}/{item.key}"
+    if len(items) > 1:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            heads = list(pool.map(lambda item: _head(s3_client, bucket, item.key), items))
+    else:
+        heads = [_head(s3_client, bucket, item.key) for item in items]
+    for item, head in zip(items, heads, strict=True):
+        if head is not None:
+            # A different object in the way is a conflict before any byte is sent.
+            _check_existing(s3_client, bucket, item, head, stats)
 
-    def check_existing(head: dict[str, Any]) -> None:
-        if not _same_object(s3_client, bucket, item.key, head, item.size, item.sha256):
-            stored = head.get("Metadata", {}).get(META_SHA256, "?")
-            raise BundleConflictError(
-                f"{uri} already exists with different content (stored sha256 {short(stored)}, "
-                f"size {head.get('ContentLength')}; ours {short(item.sha256)}, size {item.size}); "
-                "refusing to overwrite"
+    pending = []
+    for item, head in zip(items, heads, strict=True):
+        if head is not None:
+            continue
+        guard.arm(item.key)
+        source = str(item.source) if isinstance(item.source, Path) else io.BytesIO(item.source)
+        future = manager.upload(source, bucket, item.key, extra_args=_extra_args(item, multipart_threshold))
+        pending.append((item, future))
+
+    errors: list[BaseException] = []
+    for item, future in pending:
+        try:
+            try:
+                future.result()
+            finally:
+                carried = guard.disarm(item.key)
+        except ClientError as exc:
+            if not _is_precondition_failed(exc):
+                errors.append(exc)
+                continue
+            # Someone wrote the key between our HEAD and PUT: judge what they wrote.
+            raced = _head(s3_client, bucket, item.key)
+            if raced is None:
+                errors.append(exc)
+                continue
+            try:
+                _check_existing(s3_client, bucket, item, raced, stats)
+            except BundleConflictError as conflict:
+                errors.append(conflict)
+            continue
+        except Exception as exc:  # re-raised below, once every upload has ended
+            errors.append(exc)
+            continue
+        if not carried:
+            # The write happened without the precondition (a handler on this client removed it, or the
+            # guard's handlers were bypassed): it may have replaced an object, so it is not "done".
+            errors.append(
+                BundleError(f"s3://{bucket}/{item.key} was written without If-None-Match; not create-only")
             )
-        stats.already_present.append(item.key)
-
-    head = _head(s3_client, bucket, item.key)
-    if head is not None:
-        check_existing(head)
-        return
-    try:
-        if isinstance(item.source, Path) and item.size > multipart_threshold:
-            _put_multipart(s3_client, bucket, item, part_size, workers)
-        else:
-            _put_single(s3_client, bucket, item)
-    except ClientError as exc:
-        if not _is_precondition_failed(exc):
-            raise
-        # Someone wrote the key between our HEAD and PUT: judge what they wrote.
-        head = _head(s3_client, bucket, item.key)
-        if head is None:
-            raise
-        check_existing(head)
-        return
-    stats.uploaded.append(item.key)
-    stats.bytes_uploaded += item.size
+            continue
+        stats.uploaded.append(item.key)
+        stats.bytes_uploaded += item.size
+    if errors:
+        raise errors[0]
 
 
 def ensure_bucket(s3_client: Any, bucket: str) -> None:
@@ -326,6 +391,30 @@ def ensure_bucket(s3_client: Any, bucket: str) -> None:
 
 
 # --------------------------------------------------------------------------- publish
+
+
+def _transfer_manager(
+    s3_client: Any,
+    *,
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+    part_size: int = DEFAULT_PART_SIZE,
+    max_workers: int = DEFAULT_WORKERS,
+) -> Any:
+    """boto3's managed transfer for ``s3_client`` (a context manager; leaving it waits for or cancels work).
+
+    Always the classic s3transfer manager, never the CRT one ``"auto"`` may pick on some instance types:
+    the CRT client sends requests itself, where the create-only event handler would never see them.
+    """
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+    config = TransferConfig(
+        multipart_threshold=multipart_threshold,
+        multipart_chunksize=part_size,
+        max_concurrency=max_workers,
+        use_threads=True,
+        preferred_transfer_client="classic",
+    )
+    return create_transfer_manager(s3_client, config)
 
 
 def publish_bundle(
@@ -365,44 +454,12 @@ def publish_bundle(
     manifest_sha256 = hashlib.sha256(manifest.raw).hexdigest()
     stats = stats if stats is not None else PublishStats()
 
-    def upload(item: _Upload) -> None:
-        _create_only(
-            s3_client,
-            bucket,
-            item,
-            stats,
-            multipart_threshold=multipart_threshold,
-            part_size=part_size,
-            workers=max_workers,
-        )
-
     lock = dict(object_lock or {})
     if sse_kms_key_id:
         lock |= {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": sse_kms_key_id}
 
     def small(key_name: str, data: bytes, content_type: str) -> _Upload:
         return _Upload(key_name, len(data), hashlib.sha256(data).hexdigest(), data, content_type, lock)
-
-    ensure_bucket(s3_client, bucket)
-    if key is not None:
-        upload(
-            small(
-                f"{KEYS_PREFIX}/{key.keyid}.pub.pem", bytes(public_key_pem or b""), "application/x-pem-file"
-            )
-        )
-    claim = canonical_json({"bundle_id": manifest.bundle_id, "manifest_sha256": manifest_sha256})
-    try:
-        upload(small(f"{prefix}/{CLAIM_NAME}", claim, "application/json"))
-    except BundleConflictError as exc:
-        other = _get_bytes(s3_client, bucket, f"{prefix}/{CLAIM_NAME}") or b"{}"
-        try:
-            other_id = json.loads(other).get("bundle_id")
-        except ValueError:
-            other_id = None
-        raise BundleConflictError(
-            f"{bundle_uri(bucket, prefix)} already holds a different bundle ({other_id}); "
-            f"not publishing {manifest.bundle_id} there"
-        ) from exc
 
     payload = [
         _Upload(
@@ -417,16 +474,88 @@ def publish_bundle(
     ]
     # Largest first so the big transfers overlap with the many small ones.
     payload.sort(key=lambda item: item.size, reverse=True)
-    with ThreadPoolExecutor(max_workers=max_workers) as pool:
-        futures = [pool.submit(upload, item) for item in payload]
-        errors = [future.exception() for future in futures]
-    first_error = next((error for error in errors if error is not None), None)
-    if first_error is not None:
-        raise first_error
-    # Payload first, manifest next, statement last: only a fully uploaded bundle ever looks complete.
-    upload(small(f"{prefix}/{MANIFEST_NAME}", manifest.raw, "application/json"))
-    upload(small(f"{prefix}/{STATEMENT_NAME}", statement_raw, "application/json"))
+    claim = canonical_json({"bundle_id": manifest.bundle_id, "manifest_sha256": manifest_sha256})
+
+    ensure_bucket(s3_client, bucket)
+    with (
+        _transfer_manager(
+            s3_client, multipart_threshold=multipart_threshold, part_size=part_size, max_workers=max_workers
+        ) as manager,
+        _CreateOnlyGuard(s3_client, bucket) as guard,
+    ):
+
+        def upload(*items: _Upload) -> None:
+            _upload_create_only(
+                s3_client,
+                bucket,
+                list(items),
+                stats,
+                manager=manager,
+                guard=guard,
+                multipart_threshold=multipart_threshold,
+                workers=max_workers,
+            )
+
+        if key is not None:
+            pem = bytes(public_key_pem or b"")
+            upload(small(f"{KEYS_PREFIX}/{key.keyid}.pub.pem", pem, "application/x-pem-file"))
+        try:
+            upload(small(f"{prefix}/{CLAIM_NAME}", claim, "application/json"))
+        except BundleConflictError as exc:
+            other = _get_bytes(s3_client, bucket, f"{prefix}/{CLAIM_NAME}") or b"{}"
+            try:
+                other_id = json.loads(other).get("bundle_id")
+            except ValueError:
+                other_id = None
+            raise BundleConflictError(
+                f"{bundle_uri(bucket, prefix)} already holds a different bundle ({other_id}); "
+                f"not publishing {manifest.bundle_id} there"
+            ) from exc
+        upload(*payload)
+        # Payload first, manifest next, statement last: only a fully uploaded bundle ever looks complete.
+        upload(small(f"{prefix}/{MANIFEST_NAME}", manifest.raw, "application/json"))
+        upload(small(f"{prefix}/{STATEMENT_NAME}", statement_raw, "application/json"))
     return bundle_uri(bucket, prefix)
+
+
+@dataclass(frozen=True)
+class PublicationState:
+    """What an earlier publish attempt left under a bundle prefix (nothing, a claim, or all of it)."""
+
+    claim: dict[str, Any] | None  # {"bundle_id", "manifest_sha256"} of the bundle that owns the prefix
+    complete: bool  # manifest and statement present: a reader sees a finished bundle
+    manifest: Manifest | None  # the published manifest when complete (unverified: verify to trust it)
+
+    def owned_by(self, staging_dir: Path) -> bool:
+        """True when the prefix is claimed by exactly the bundle built in ``staging_dir``."""
+        manifest_path = Path(staging_dir) / MANIFEST_NAME
+        if self.claim is None or not manifest_path.is_file():
+            return False
+        raw = manifest_path.read_bytes()
+        return self.claim.get("manifest_sha256") == hashlib.sha256(raw).hexdigest()
+
+
+def publication_state(s3_client: Any, bucket: str, prefix: str) -> PublicationState:
+    """Read the claim / manifest / statement under ``prefix``: how far an earlier publish got.
+
+    A task that retries its publish uses this to finish (or keep) the bundle its earlier attempt
+    started instead of building a second one: create-only writes would refuse a different bundle.
+    """
+    prefix = _normalise_prefix(prefix)
+    raw_claim = _get_bytes(s3_client, bucket, f"{prefix}/{CLAIM_NAME}")
+    try:
+        claim = json.loads(raw_claim) if raw_claim else None
+    except ValueError:
+        claim = {"bundle_id": None, "manifest_sha256": None}
+    raw_manifest = _get_bytes(s3_client, bucket, f"{prefix}/{MANIFEST_NAME}")
+    complete = raw_manifest is not None and _head(s3_client, bucket, f"{prefix}/{STATEMENT_NAME}") is not None
+    manifest = None
+    if complete and raw_manifest is not None:
+        try:
+            manifest = Manifest.from_bytes(raw_manifest)
+        except Exception:  # an unreadable manifest is reported by verify, not here
+            manifest = None
+    return PublicationState(claim=claim, complete=complete, manifest=manifest)
 
 
 # --------------------------------------------------------------------------- list
@@ -573,16 +702,19 @@ def list_bundles(
 # --------------------------------------------------------------------------- download
 
 
-def _safe_targets(root: Path, manifest: Manifest) -> dict[str, Path]:
-    """Map every manifest path to its destination, or raise UnsafePathError before anything is written."""
+def _safe_targets(root: Path | None, manifest: Manifest) -> dict[str, Path]:
+    """Map every manifest path to its destination, or raise UnsafePathError before anything is written.
+
+    ``root=None`` checks the paths alone (verification streams from S3 and writes nothing).
+    """
     problems: list[str] = []
     targets: dict[str, Path] = {}
     seen_folded: dict[str, str] = {}
     for entry in manifest.files:
         problem = path_problem(entry.path)
         if problem is None:
-            destination = (root / entry.path).resolve()
-            if not destination.is_relative_to(root):
+            destination = (root / entry.path).resolve() if root is not None else Path(entry.path)
+            if root is not None and not destination.is_relative_to(root):
                 problem = "resolves outside the target folder"
             elif entry.path in targets:
                 problem = "listed twice"

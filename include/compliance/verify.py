@@ -9,6 +9,10 @@ checksums) is never trusted for integrity. Checks, each reported with a precise 
   and its predicate equals the manifest's run dict;
 * every listed file exists as a regular file with the listed size and sha256; no unlisted file exists;
 * the bundle_id recomputes from the file list; every path is safe.
+
+An ``s3://`` bundle is verified where it lies: every object is hashed while it streams in, several
+objects at a time and large ones as parallel ranged GETs, with no temporary files. ``chain=True`` walks
+the model's hash chain back to its first bundle and verifies every bundle on the way.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,13 +33,14 @@ from include.compliance.bundle import (
     PREDICATE_TYPE,
     STATEMENT_NAME,
     STATEMENT_TYPE,
+    FileEntry,
     Manifest,
     compute_bundle_id,
     path_problem,
     sha256_file,
     short,
 )
-from include.compliance.errors import BundleError, ManifestError, UnsafePathError
+from include.compliance.errors import ManifestError, UnsafePathError
 
 if TYPE_CHECKING:
     from securesystemslib.signer import SSlibKey
@@ -51,6 +56,9 @@ class VerificationReport:
     key_id: str | None = None
     source: str = ""
     signed_by: list[str] = field(default_factory=list)
+    # With chain=True: one entry per bundle walked, this one first ({uri, bundle_id, created_at, ok}).
+    chain: list[dict[str, Any]] = field(default_factory=list)
+    chain_complete: bool = True  # False when max_depth stopped the walk before the first bundle
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +70,8 @@ class VerificationReport:
             "key_id": self.key_id,
             "source": self.source,
             "signed_by": self.signed_by,
+            "chain": self.chain,
+            "chain_complete": self.chain_complete,
         }
 
     def summary(self) -> str:
@@ -71,6 +81,9 @@ class VerificationReport:
             f"  bundle {self.bundle_id}, {self.files_checked} files, {self.bytes_checked} bytes checked,"
             f" key {self.key_id}",
         ]
+        if self.chain:
+            walked = "back to the first bundle" if self.chain_complete else "stopped at the depth limit"
+            lines.append(f"  chain: {len(self.chain)} bundle(s) walked, {walked}")
         lines += [f"  - {problem}" for problem in self.problems]
         return "\n".join(lines)
 
@@ -215,31 +228,19 @@ def _check_files(root: Path, manifest: Manifest, problems: list[str]) -> tuple[i
     return files_checked, bytes_checked
 
 
-def verify_directory(root: Path, key: SSlibKey | None) -> VerificationReport:
-    """Verify a local bundle folder; ``key=None`` skips only the signature check (used before publishing)."""
-    problems: list[str] = []
-    signed_by: list[str] = []
-    root = Path(root)
-    report = VerificationReport(
-        ok=False,
-        problems=problems,
-        bundle_id=None,
-        files_checked=0,
-        bytes_checked=0,
-        key_id=key.keyid if key is not None else None,
-        source=str(root),
-        signed_by=signed_by,
-    )
-    if not root.is_dir():
-        problems.append(f"{root}: not a directory")
-        return report
-    root = root.resolve()
-    manifest_raw = _read_regular(root / MANIFEST_NAME, MANIFEST_NAME, problems)
-    statement_raw = _read_regular(root / STATEMENT_NAME, STATEMENT_NAME, problems)
+def _check_signed_manifest(
+    manifest_raw: bytes | None,
+    statement_raw: bytes | None,
+    key: SSlibKey | None,
+    report: VerificationReport,
+) -> Manifest | None:
+    """Signature, statement and manifest checks shared by folder and S3 verification."""
+    problems = report.problems
     statement = (
-        _check_signature(statement_raw, key, problems, signed_by) if statement_raw is not None else None
+        _check_signature(statement_raw, key, problems, report.signed_by)
+        if statement_raw is not None
+        else None
     )
-
     manifest: Manifest | None = None
     if manifest_raw is not None:
         try:
@@ -256,9 +257,174 @@ def verify_directory(root: Path, key: SSlibKey | None) -> VerificationReport:
             )
         if statement is not None:
             _compare_subjects(manifest, hashlib.sha256(manifest.raw).hexdigest(), statement, problems)
-        report.files_checked, report.bytes_checked = _check_files(root, manifest, problems)
-    report.ok = not problems
+    return manifest
+
+
+def verify_directory(root: Path, key: SSlibKey | None) -> VerificationReport:
+    """Verify a local bundle folder; ``key=None`` skips only the signature check (used before publishing)."""
+    root = Path(root)
+    report = VerificationReport(
+        ok=False,
+        problems=[],
+        bundle_id=None,
+        files_checked=0,
+        bytes_checked=0,
+        key_id=key.keyid if key is not None else None,
+        source=str(root),
+    )
+    if not root.is_dir():
+        report.problems.append(f"{root}: not a directory")
+        return report
+    root = root.resolve()
+    manifest_raw = _read_regular(root / MANIFEST_NAME, MANIFEST_NAME, report.problems)
+    statement_raw = _read_regular(root / STATEMENT_NAME, STATEMENT_NAME, report.problems)
+    manifest = _check_signed_manifest(manifest_raw, statement_raw, key, report)
+    if manifest is not None:
+        report.files_checked, report.bytes_checked = _check_files(root, manifest, report.problems)
+    report.ok = not report.problems
     return report
+
+
+# --------------------------------------------------------------------------- S3, streamed
+
+# Objects up to this size are read with one streaming GET; larger ones with ranged GETs in parallel.
+# On moto a ranged GET costs about as much as reading the whole object, so the threshold is high;
+# on S3 one connection tops out far below the link speed and parts pay off for large objects.
+RANGE_THRESHOLD = 64 * 1024 * 1024
+PART_SIZE = 16 * 1024 * 1024
+VERIFY_WORKERS = 8
+_CHUNK = 1024 * 1024
+
+
+@dataclass
+class _Hashed:
+    size: int
+    sha256: str
+
+
+def _stream_sha256(s3_client: Any, bucket: str, key: str) -> _Hashed | None:
+    """sha256 of one object, hashed while it downloads (no temp file); None when the object is absent."""
+    from botocore.exceptions import ClientError
+
+    from include.compliance.store import _is_not_found
+
+    try:
+        body = s3_client.get_object(Bucket=bucket, Key=key)["Body"]
+    except ClientError as exc:
+        if _is_not_found(exc):
+            return None
+        raise
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        for chunk in iter(lambda: body.read(_CHUNK), b""):
+            digest.update(chunk)  # hashlib releases the GIL: several objects hash in parallel
+            size += len(chunk)
+    finally:
+        body.close()
+    return _Hashed(size, digest.hexdigest())
+
+
+def _ranged_sha256(
+    s3_client: Any, bucket: str, key: str, parts: ThreadPoolExecutor, part_size: int, window: int
+) -> _Hashed | None:
+    """sha256 of a large object from ranged GETs fetched in parallel and hashed in order.
+
+    At most ``window`` parts are in memory at a time. The object's real size comes from the first
+    response's Content-Range (the manifest's size is untrusted and only chose this path).
+    """
+    from botocore.exceptions import ClientError
+
+    from include.compliance.store import _is_not_found
+
+    def fetch(offset: int) -> bytes:
+        response = s3_client.get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + part_size - 1}"
+        )
+        return bytes(response["Body"].read())
+
+    try:
+        first = s3_client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{part_size - 1}")
+    except ClientError as exc:
+        if _is_not_found(exc):
+            return None
+        if _error_code(exc) == "InvalidRange":  # an empty object has no byte 0
+            return _stream_sha256(s3_client, bucket, key)
+        raise
+    data = bytes(first["Body"].read())
+    total = int(str(first.get("ContentRange", "")).rpartition("/")[2] or len(data))
+    digest = hashlib.sha256(data)
+    offsets = iter(range(part_size, total, part_size))
+    pending: list[Future[bytes]] = []
+    for offset in offsets:
+        pending.append(parts.submit(fetch, offset))
+        if len(pending) >= window:
+            break
+    size = len(data)
+    while pending:
+        chunk = pending.pop(0).result()
+        digest.update(chunk)
+        size += len(chunk)
+        following = next(offsets, None)
+        if following is not None:
+            pending.append(parts.submit(fetch, following))
+    return _Hashed(size, digest.hexdigest())
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _check_s3_files(
+    s3_client: Any,
+    bucket: str,
+    prefix: str,
+    manifest: Manifest,
+    problems: list[str],
+    *,
+    workers: int,
+    range_threshold: int,
+    part_size: int,
+) -> tuple[int, int]:
+    """Hash every listed object concurrently, straight from S3. Same messages as :func:`_check_files`."""
+    entries = []
+    listed: set[str] = set()
+    for entry in manifest.files:
+        if entry.path in listed:
+            problems.append(f"duplicate path in manifest: {entry.path}")
+            continue
+        listed.add(entry.path)
+        entries.append(entry)
+    # Largest first, so the big transfers overlap with the many small ones.
+    order = sorted(entries, key=lambda e: e.size, reverse=True)
+    with ThreadPoolExecutor(max_workers=workers) as files, ThreadPoolExecutor(max_workers=workers) as parts:
+
+        def hash_one(entry: FileEntry) -> _Hashed | None:
+            key = f"{prefix}/{entry.path}"
+            if entry.size > range_threshold:
+                return _ranged_sha256(s3_client, bucket, key, parts, part_size, window=workers)
+            return _stream_sha256(s3_client, bucket, key)
+
+        futures = {entry.path: files.submit(hash_one, entry) for entry in order}
+        results = {path: future.result() for path, future in futures.items()}
+    files_checked = bytes_checked = 0
+    for entry in entries:  # report in manifest order, as the folder check does
+        got = results[entry.path]
+        if got is None:
+            problems.append(f"{entry.path}: missing (listed in manifest)")
+            continue
+        files_checked += 1
+        bytes_checked += got.size
+        if got.size != entry.size:
+            problems.append(
+                f"{entry.path}: size mismatch (manifest {entry.size} bytes, file {got.size} bytes)"
+            )
+        elif got.sha256 != entry.sha256:
+            problems.append(
+                f"{entry.path}: sha256 mismatch (manifest {short(entry.sha256)}, file {short(got.sha256)})"
+            )
+    return files_checked, bytes_checked
 
 
 def _extra_s3_objects(s3_client: Any, bucket: str, prefix: str, manifest: Manifest) -> list[str]:
@@ -273,40 +439,64 @@ def _extra_s3_objects(s3_client: Any, bucket: str, prefix: str, manifest: Manife
     return extras
 
 
-def verify_bundle(
-    path_or_uri: str | Path, *, public_key_pem: bytes | str, s3_client: Any | None = None
-) -> VerificationReport:
-    """Verify a bundle folder or an ``s3://bucket/prefix/`` bundle against a public key PEM."""
-    from include.compliance.keys import load_public_key
-    from include.compliance.store import download_bundle, parse_s3_uri
+def _verify_s3(
+    s3_client: Any,
+    uri: str,
+    key: SSlibKey,
+    *,
+    workers: int = VERIFY_WORKERS,
+    range_threshold: int = RANGE_THRESHOLD,
+    part_size: int = PART_SIZE,
+) -> tuple[VerificationReport, Manifest | None]:
+    """Verify an ``s3://`` bundle without writing it to disk: objects are hashed as they stream in."""
+    from include.compliance.store import _get_bytes, _safe_targets, parse_s3_uri
 
-    key = load_public_key(public_key_pem)
-    source = str(path_or_uri)
-    if not source.startswith("s3://"):
-        return verify_directory(Path(source), key)
-    if s3_client is None:
-        raise ValueError("verifying an s3:// bundle needs s3_client")
-    bucket, prefix = parse_s3_uri(source)
-    with tempfile.TemporaryDirectory(prefix="xac-verify-") as tmp:
-        target = Path(tmp) / "bundle"
-        try:
-            download_bundle(s3_client, source, target, missing_ok=True)
-        except UnsafePathError as exc:
-            return VerificationReport(False, list(exc.problems), None, 0, 0, key.keyid, source)
-        except BundleError as exc:
-            return VerificationReport(False, [str(exc)], None, 0, 0, key.keyid, source)
-        report = verify_directory(target, key)
-        report.source = source
-        try:
-            manifest = Manifest.from_bytes((target / MANIFEST_NAME).read_bytes())
-        except (OSError, ManifestError):
-            manifest = None
-        if manifest is not None:
-            for extra in _extra_s3_objects(s3_client, bucket, prefix, manifest):
-                report.problems.append(f"extra object in S3 not in manifest: s3://{bucket}/{extra}")
-            report.problems.extend(_chain_problems(s3_client, manifest))
-        report.ok = not report.problems
-        return report
+    report = VerificationReport(False, [], None, 0, 0, key.keyid, uri)
+    bucket, prefix = parse_s3_uri(uri)
+    if not prefix:
+        raise ValueError(f"{uri}: a bundle URI needs a prefix")
+    statement_raw = _get_bytes(s3_client, bucket, f"{prefix}/{STATEMENT_NAME}")
+    if statement_raw is None:
+        report.problems.append(f"{uri}: no {STATEMENT_NAME}; the bundle is incomplete or absent")
+        return report, None
+    manifest_raw = _get_bytes(s3_client, bucket, f"{prefix}/{MANIFEST_NAME}")
+    if manifest_raw is None:
+        report.problems.append(f"{uri}: {STATEMENT_NAME} present but {MANIFEST_NAME} missing")
+        return report, None
+    try:
+        parsed = Manifest.from_bytes(manifest_raw)
+        # The same refusal as a download: a manifest naming unsafe paths is not looked at further.
+        _safe_targets(None, parsed)
+    except ManifestError as exc:
+        report.problems.append(str(exc))
+        return report, None
+    except UnsafePathError as exc:
+        report.problems.extend(exc.problems)
+        return report, None
+    manifest = _check_signed_manifest(manifest_raw, statement_raw, key, report)
+    if manifest is not None:
+        report.files_checked, report.bytes_checked = _check_s3_files(
+            s3_client,
+            bucket,
+            prefix,
+            manifest,
+            report.problems,
+            workers=workers,
+            range_threshold=range_threshold,
+            part_size=part_size,
+        )
+        for extra in _extra_s3_objects(s3_client, bucket, prefix, manifest):
+            report.problems.append(f"extra object in S3 not in manifest: s3://{bucket}/{extra}")
+    report.ok = not report.problems
+    return report, manifest
+
+
+# --------------------------------------------------------------------------- the hash chain
+
+
+def _model_of(manifest: Manifest) -> str | None:
+    value = manifest.run.get("model", manifest.run.get("model_name"))
+    return str(value) if value is not None else None
 
 
 def _chain_problems(s3_client: Any, manifest: Manifest) -> list[str]:
@@ -337,3 +527,138 @@ def _chain_problems(s3_client: Any, manifest: Manifest) -> list[str]:
             f"but this bundle was signed after {link['bundle_id']} (replaced?)"
         ]
     return []
+
+
+def _walk_chain(
+    s3_client: Any,
+    head: Manifest,
+    head_source: str,
+    key: SSlibKey,
+    report: VerificationReport,
+    *,
+    max_depth: int | None,
+    **s3_options: Any,
+) -> None:
+    """Verify every predecessor of ``head`` back to the model's first bundle.
+
+    Each predecessor gets the full check (signature, every digest, missing/extra objects) and each link
+    is checked: the predecessor must exist, be the bundle the successor recorded (content address), be
+    older than its successor and belong to the same model. A problem names the bundle it was found in.
+    The walk stops where the chain is broken (a missing bundle has no further link to follow).
+    """
+    from include.compliance.store import parse_s3_uri
+
+    model = _model_of(head)
+    seen = {head_source.rstrip("/")}
+    current, current_source = head, head_source
+    report.chain.append(
+        {
+            "uri": head_source,
+            "bundle_id": head.bundle_id,
+            "created_at": head.created_at,
+            "ok": not report.problems,
+        }
+    )
+    depth = 0
+    while current.previous_bundle:
+        if max_depth is not None and depth >= max_depth:
+            report.chain_complete = False
+            return
+        depth += 1
+        link = current.previous_bundle
+        uri = link["uri"]
+        where = f"chain link {depth} ({current_source} -> {uri})"
+        try:
+            parse_s3_uri(uri)
+        except ValueError:
+            report.problems.append(f"{where}: previous_bundle {uri!r} is not an s3:// URI")
+            return
+        if uri.rstrip("/") in seen:
+            report.problems.append(f"{where}: the chain loops back to a bundle already walked")
+            return
+        seen.add(uri.rstrip("/"))
+        previous_report, previous = _verify_s3(s3_client, uri, key, **s3_options)
+        report.chain.append(
+            {
+                "uri": uri,
+                "bundle_id": previous_report.bundle_id,
+                "created_at": previous.created_at if previous else None,
+                "ok": previous_report.ok,
+            }
+        )
+        report.files_checked += previous_report.files_checked
+        report.bytes_checked += previous_report.bytes_checked
+        if previous is None:
+            # Nothing readable there: the bundle was deleted (or never completed).
+            detail = "; ".join(previous_report.problems)
+            report.problems.append(
+                f"chain broken at {where}: the previous bundle is missing or incomplete ({detail})"
+            )
+            return
+        report.problems.extend(f"{uri}: {problem}" for problem in previous_report.problems)
+        if previous.bundle_id != link["bundle_id"]:
+            report.problems.append(
+                f"chain broken at {where}: the previous bundle is {previous.bundle_id}, but "
+                f"{current_source} was signed after {link['bundle_id']} (replaced?)"
+            )
+        if previous.created_at_datetime >= current.created_at_datetime:
+            report.problems.append(
+                f"chain out of order at {where}: the previous bundle was created {previous.created_at}, "
+                f"not before its successor ({current.created_at})"
+            )
+        if _model_of(previous) != model:
+            report.problems.append(
+                f"chain mixes models at {where}: the previous bundle is of model {_model_of(previous)!r}, "
+                f"the chain's is {model!r}"
+            )
+        current, current_source = previous, uri
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def verify_bundle(
+    path_or_uri: str | Path,
+    *,
+    public_key_pem: bytes | str,
+    s3_client: Any | None = None,
+    chain: bool = False,
+    max_depth: int | None = None,
+    workers: int = VERIFY_WORKERS,
+    range_threshold: int = RANGE_THRESHOLD,
+    part_size: int = PART_SIZE,
+) -> VerificationReport:
+    """Verify a bundle folder or an ``s3://bucket/prefix/`` bundle against a public key PEM.
+
+    An ``s3://`` bundle is verified in place: objects are hashed as they download, several at a time,
+    large ones as parallel ranged GETs; nothing is written to disk. Its direct chain link (the previous
+    bundle exists and is the one recorded) is always checked. With ``chain=True`` every predecessor is
+    verified too, back to the model's first bundle (or ``max_depth`` links); this needs ``s3_client``
+    also for a local folder, whose link points into S3.
+    """
+    from include.compliance.keys import load_public_key
+
+    key = load_public_key(public_key_pem)
+    source = str(path_or_uri)
+    s3_options = {"workers": workers, "range_threshold": range_threshold, "part_size": part_size}
+    if source.startswith("s3://"):
+        if s3_client is None:
+            raise ValueError("verifying an s3:// bundle needs s3_client")
+        report, manifest = _verify_s3(s3_client, source, key, **s3_options)
+    else:
+        report = verify_directory(Path(source), key)
+        manifest = None
+        if chain:
+            try:
+                manifest = Manifest.from_bytes((Path(source) / MANIFEST_NAME).read_bytes())
+            except (OSError, ManifestError):
+                manifest = None
+    if manifest is not None and chain:
+        if s3_client is None:
+            report.problems.append("chain: walking the chain needs access to S3 (no client given)")
+        else:
+            _walk_chain(s3_client, manifest, source, key, report, max_depth=max_depth, **s3_options)
+    elif manifest is not None and source.startswith("s3://"):
+        report.problems.extend(_chain_problems(s3_client, manifest))
+    report.ok = not report.problems
+    return report
