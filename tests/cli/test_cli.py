@@ -124,3 +124,71 @@ def test_bundle_verify_of_a_missing_folder_fails(tmp_path: Path, prepared: None)
     result = xac("bundle", "verify", str(tmp_path / "nowhere"))
     assert result.returncode == 1
     assert "NOT verified" in result.stdout
+
+
+def _config_with(tmp_path: Path, name: str, model: str, explainer: str) -> Path:
+    """The tabular sample config with another model and explainer block (a user's new config)."""
+    import yaml
+
+    config = yaml.safe_load(TABULAR.read_text())
+    config["metadata"]["name"] = name
+    config["spec"]["modelName"] = model
+    config["spec"].pop("modelVersion", None)
+    config["spec"]["explainerType"], config["spec"]["explainerConfig"] = yaml.safe_load(explainer)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("model", "explainer", "metric"),
+    [
+        ("diagnosis-risk-gbt", "[SHAP, {method: TreeSHAP, seed: 3}]", "local_accuracy"),
+        ("diagnosis-risk-transformer", "[Attention, {method: AttentionRollout}]", "gradient_agreement"),
+        ("diagnosis-risk-tabular", "[LIME, {method: LIME, numSamples: 800}]", "local_r2"),
+        ("diagnosis-risk-tabular", "[Captum, {method: Saliency, abs: true}]", "min(infidelity_score"),
+    ],
+)
+def test_new_methods_run_from_a_config(
+    checked: Path, tmp_path: Path, model: str, explainer: str, metric: str
+) -> None:
+    """Each method is selectable from an ExplainerConfiguration: validate it, explain the validated frames."""
+    import json
+
+    path = _config_with(tmp_path, "new-method", model, explainer)
+    validated = xac("config", "validate", str(path))
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    out = tmp_path / "out"
+    result = xac(
+        "explain",
+        "--config",
+        str(path),
+        "--out",
+        str(out),
+        "--inference",
+        str(checked / "inference.parquet"),
+        "--background",
+        str(checked / "background.parquet"),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["fidelity"]["metric"].startswith(metric) and summary["counts"]["explanations"] > 0
+
+
+def test_a_method_that_does_not_fit_the_model_fails_before_any_output(checked: Path, tmp_path: Path) -> None:
+    path = _config_with(tmp_path, "treeshap-on-mlp", "diagnosis-risk-tabular", "[SHAP, {method: TreeSHAP}]")
+    assert xac("config", "validate", str(path)).returncode == 0  # the config is well-formed ...
+    out = tmp_path / "out"
+    result = xac(
+        "explain",
+        "--config",
+        str(path),
+        "--out",
+        str(out),
+        "--inference",
+        str(checked / "inference.parquet"),
+        "--background",
+        str(checked / "background.parquet"),
+    )
+    assert result.returncode == 1 and "TreeSHAP" in result.stderr  # ... but the method cannot explain an MLP
+    assert not out.exists()
