@@ -259,6 +259,7 @@ PARAMETERS[ATTENTION_ROLLOUT] = {
     ),
 }
 
+
 def _check_float(spec: ParamSpec, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise ParameterError(f"parameter {spec.name} must be a number, got {value!r}")
