@@ -52,7 +52,8 @@ kubernetes backend, a local process on the embedded default; outputs to object s
 `fidelity_gate` → `publish_bundle` (signed, write-once, in S3). Explain backend: **{backend}**.
 
 **Trigger form**: `model_version`, `inference_ids` (empty: the {count} most recent entities),
-`sample_budget` (overrides the method's numSamples or steps; methods without one refuse it).
+`sample_budget` (overrides the method's numSamples or steps; methods without one refuse it),
+`dry_run_cost_only` (validate the data and estimate the cost, then stop).
 """
 
 
@@ -324,6 +325,13 @@ def build_dag(loaded: LoadedConfig) -> DAG:
                 title="Sample budget",
                 description="Overrides the method's numSamples or steps for this run (if it has one).",
             ),
+            "dry_run_cost_only": Param(
+                False,
+                type="boolean",
+                title="Dry run: cost only",
+                description="Validate the data and estimate the run's cost, then stop: nothing is explained "
+                "or published (the estimate is in the plan task's log).",
+            ),
         },
         render_template_as_native_obj=True,
     ) as dag:
@@ -357,6 +365,13 @@ def build_dag(loaded: LoadedConfig) -> DAG:
             ctx: dict[str, Any], prov: dict[str, Any], budget: dict[str, Any]
         ) -> list[dict[str, Any]]:
             from include.orchestration.shards import shard_plan_step
+
+            if ctx.get("dry_run_cost_only"):  # every later task is skipped: nothing runs, nothing is billed
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                from include.orchestration.pipeline import end_dry_run
+
+                raise AirflowSkipException(end_dry_run(ctx, budget, _s3_client()))
 
             return _fail_on_stage_error(
                 shard_plan_step, ctx, prov, budget, backend=backend, s3_client=_s3_client()

@@ -40,6 +40,7 @@ class RunParams:
     model_version: str | None = None
     inference_ids: list[str] | None = None
     sample_budget: int | None = None
+    dry_run_cost_only: bool = False  # stop after the plan: estimate the cost, explain nothing
 
     @classmethod
     def from_mapping(cls, params: dict[str, Any]) -> RunParams:
@@ -51,6 +52,7 @@ class RunParams:
             model_version=(str(params["model_version"]) if params.get("model_version") else None),
             inference_ids=list(ids) if ids else None,
             sample_budget=int(budget) if budget not in (None, "", 0) else None,
+            dry_run_cost_only=bool(params.get("dry_run_cost_only") or False),
         )
 
 
@@ -153,6 +155,7 @@ def start_run(
         "seed": settings.seed,
         "inference_ids": run.inference_ids or (list(spec.inference.ids) or None),
         "inference_count": spec.inference.count,
+        "dry_run_cost_only": run.dry_run_cost_only,
         "bucket": spec.storage.bucket,
         "bundle_prefix": bundle_prefix(loaded.config, model_version, run_key),
         "listing_prefix": model_listing_prefix(loaded.config),
@@ -574,6 +577,22 @@ def assemble_bundle(ctx: dict[str, Any], explain: dict[str, Any], provenance: di
     (staging / "logs").mkdir()
     shutil.copy2(workspace / "logs" / "explain.log", staging / "logs" / "explain.log")
     return staging
+
+
+def end_dry_run(ctx: dict[str, Any], plan: dict[str, Any], s3_client: Any, log: LogFn = print) -> str:
+    """A cost-only run stops after its plan: nothing is explained or published; returns why.
+
+    The validated frames staged for the explainer are removed; the estimate stays in the run's
+    ``plan.json`` (and in the task log).
+    """
+    _remove_staged_frames(ctx, s3_client)
+    message = (
+        f"dry run (cost only): estimated {plan['estimate']:.6f} {plan['currency']} (high "
+        f"{plan['estimate_high']:.6f}, from {plan['basis']}) against the budget {plan['budget']}: "
+        f"{plan['decision']}; nothing explained, no bundle published"
+    )
+    log(message)
+    return message
 
 
 def _remove_staged_frames(ctx: dict[str, Any], s3_client: Any) -> None:

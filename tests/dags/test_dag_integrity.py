@@ -53,7 +53,13 @@ def test_dags_carry_docs_tags_owner_retries_and_params(monkeypatch: pytest.Monke
         for t in dag.tasks:
             assert t.owner and t.owner != "airflow"
         assert dag.get_task("explain").retries >= 1
-        assert set(dag.params.keys()) == {"model_version", "inference_ids", "sample_budget"}
+        assert set(dag.params.keys()) == {
+            "model_version",
+            "inference_ids",
+            "sample_budget",
+            "dry_run_cost_only",
+        }
+        assert dag.params.get_param("dry_run_cost_only").schema["type"] == "boolean"
         assert dag.params.get_param("sample_budget").schema["type"] == ["null", "integer"]
 
 

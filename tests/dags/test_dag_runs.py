@@ -209,3 +209,28 @@ def test_failed_expectation_stops_the_run_before_explain(dagbag, tmp_path: Path)
     assert list_bundles(s3_client(), ctx["bucket"], prefix=ctx["bundle_prefix"]) == []
     summary = _workspace(dag.dag_id, dag_run.run_id) / "provenance" / "provenance.json"
     assert summary.exists()
+
+
+def test_a_cost_only_dry_run_estimates_and_stops_before_explain(dagbag) -> None:
+    """The trigger form's dry-run switch: data validated, cost estimated, nothing explained or published."""
+    from include.compliance import list_bundles
+    from include.storage import s3_client
+
+    dag = dagbag.dags["diagnosis-risk-kernelshap"]
+    dag_run = dag.test(run_conf={"dry_run_cost_only": True})
+    states = _task_states(dag_run)
+    assert "success" in str(dag_run.state), states
+    assert states["provenance"] == "success" and states["plan"] == "success"
+    assert states["shards"] == "skipped", states
+    for task_id in ("explain", "join_shards", "meter_cost", "fidelity_gate", "publish_bundle"):
+        assert states[task_id] in (None, "skipped"), states
+    workspace = _workspace(dag.dag_id, dag_run.run_id)
+    plan = json.loads((workspace / "plan.json").read_text())
+    assert plan["estimate"] > 0 and plan["decision"] == "within budget"
+    assert not (workspace / "cost.json").exists()
+    ctx = json.loads((workspace / "run.json").read_text())
+    assert ctx["dry_run_cost_only"] is True
+    client = s3_client()
+    assert list_bundles(client, ctx["bucket"], prefix=ctx["bundle_prefix"]) == []
+    staged = client.list_objects_v2(Bucket=ctx["bucket"], Prefix=f"_staging/{dag.dag_id}/")
+    assert not [o for o in staged.get("Contents", []) if ctx["run_key"] in o["Key"]]

@@ -161,10 +161,11 @@ def test_rest_api_needs_a_login(airflow_stack: Any) -> None:
     [
         {"sample_budget": 0},  # below the Param's minimum of 1
         {"sample_budget": "many"},  # not an integer
+        {"dry_run_cost_only": "yes"},  # not a boolean
         {"inference_ids": "P100003"},  # not an array
         {"inference_ids": [""]},  # an empty id (items minLength 1)
     ],
-    ids=["budget-zero", "budget-string", "ids-not-a-list", "ids-empty-string"],
+    ids=["budget-zero", "budget-string", "dry-run-string", "ids-not-a-list", "ids-empty-string"],
 )
 def test_invalid_conf_is_refused_by_the_rest_api(airflow_stack: Any, conf: dict[str, Any]) -> None:
     before = _run_count(airflow_stack)
