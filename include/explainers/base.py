@@ -199,6 +199,18 @@ def instance_seed(seed: int, inference_id: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
+def instance_seeds_for(seed: int, n: int, instance_seeds: Sequence[int] | None) -> list[int]:
+    """The per-row seeds a method was given, or (callers without inference ids) from the row index."""
+    seeds = (
+        list(instance_seeds)
+        if instance_seeds is not None
+        else [instance_seed(seed, str(i)) for i in range(n)]
+    )
+    if len(seeds) != n:
+        raise ValueError("one instance seed per input row is required")
+    return seeds
+
+
 # ----------------------------------------------------------------------------- memory
 
 

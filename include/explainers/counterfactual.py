@@ -43,7 +43,7 @@ from include.explainers.base import (
     PREDICT_CHUNK_ROWS,
     Attributions,
     ExplainedModel,
-    instance_seed,
+    instance_seeds_for,
     memory_budget_bytes,
 )
 from include.explainers.errors import MethodNotApplicableError
@@ -166,13 +166,7 @@ class CounterfactualExplainer:
         count = int(params["numSamples"])
         x_t = model.flatten(inputs).to(model.dtype).contiguous()
         n, n_feat = x_t.shape
-        seeds = (
-            list(instance_seeds)
-            if instance_seeds is not None
-            else [instance_seed(seed, str(i)) for i in range(n)]
-        )
-        if len(seeds) != n:
-            raise ValueError("one instance seed per input row is required")
+        seeds = instance_seeds_for(seed, n, instance_seeds)
         bg, bg_w, bg_info = summarise_background(
             model.flatten(background).to(model.dtype).contiguous(),
             params["backgroundDataStrategy"],

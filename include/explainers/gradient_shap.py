@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from include.explainers.base import Attributions, ExplainedModel, memory_budget_bytes, pow2_floor
+from include.explainers.base import (
+    Attributions,
+    ExplainedModel,
+    instance_seeds_for,
+    memory_budget_bytes,
+    pow2_floor,
+)
 from include.explainers.gradient_family import (
     BACKWARD_OVERHEAD,
     FidelityProbe,
@@ -155,19 +161,12 @@ class GradientShapExplainer:
         *,
         n_global: int | None = None,
     ) -> Attributions:
-        from include.explainers.base import instance_seed
 
         started = time.perf_counter()
         num_samples, stdevs = int(params["numSamples"]), float(params["stdevs"])
         x = model.flatten(inputs).to(model.dtype).contiguous()
         n = x.shape[0]
-        seeds = (
-            list(instance_seeds)
-            if instance_seeds is not None
-            else [instance_seed(seed, str(i)) for i in range(n)]
-        )
-        if len(seeds) != n:
-            raise ValueError("one instance seed per input row is required")
+        seeds = instance_seeds_for(seed, n, instance_seeds)
         bg, bg_w, info, standardised, baselines_z = self._setup(model, background, params, seed)
         targets, fx = targets_and_outputs(model, x)
         base = expected_output(model, bg, bg_w, targets)

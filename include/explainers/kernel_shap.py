@@ -50,7 +50,7 @@ from include.explainers.base import (
     Attributions,
     ExplainedModel,
     Modality,
-    instance_seed,
+    instance_seeds_for,
     run_passes,
 )
 from include.explainers.errors import MethodNotApplicableError, ParameterError
@@ -526,13 +526,7 @@ class KernelShapExplainer:
         x = model.flatten(inputs).to(model.dtype).contiguous()
         bg_all = model.flatten(background).to(model.dtype).contiguous()
         n = x.shape[0]
-        seeds = (
-            list(instance_seeds)
-            if instance_seeds is not None
-            else [instance_seed(seed, str(i)) for i in range(n)]
-        )
-        if len(seeds) != n:
-            raise ValueError("one instance seed per input row is required")
+        seeds = instance_seeds_for(seed, n, instance_seeds)
 
         bg, bg_w, bg_info = summarise_background(
             bg_all, params["backgroundDataStrategy"], int(params["backgroundDataSubsetSize"]), seed
