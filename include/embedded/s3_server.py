@@ -31,6 +31,7 @@ single PUTs below a large threshold.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -40,6 +41,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -252,6 +254,37 @@ def start(
         # The CLI exits right after; dropping the Popen avoids reaping (and a ResourceWarning) later.
         server._process = None
     return server
+
+
+S3_ENVIRONMENT = ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+@contextlib.contextmanager
+def environment(**start_kwargs: object) -> Iterator[S3Server]:
+    """A loopback server, with this process's S3 settings pointed at it while it runs.
+
+    What the tests (and every process they start: Airflow components, the pods of the Kubernetes API
+    double, explainer processes) inherit: ``S3_ENDPOINT_URL``, test credentials, a region when none is
+    set. The previous values are restored afterwards.
+    """
+    saved = {name: os.environ.get(name) for name in S3_ENVIRONMENT}
+    with start(**start_kwargs) as server:  # type: ignore[arg-type]
+        os.environ.update(
+            {
+                "S3_ENDPOINT_URL": server.endpoint_url,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": saved["AWS_DEFAULT_REGION"] or "us-east-1",
+            }
+        )
+        try:
+            yield server
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def read_pidfile() -> S3Server | None:

@@ -36,18 +36,8 @@ def prepared() -> None:
 def s3_endpoint() -> Iterator[str]:
     from include.embedded import s3_server
 
-    saved = {k: os.environ.get(k) for k in ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    with s3_server.start() as server:
-        os.environ["S3_ENDPOINT_URL"] = server.endpoint_url
-        os.environ["AWS_ACCESS_KEY_ID"] = "testing"
-        os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
-        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with s3_server.environment() as server:
         yield server.endpoint_url
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

@@ -52,17 +52,8 @@ def prepared() -> None:
 def s3_endpoint() -> Iterator[str]:
     from include.embedded import s3_server
 
-    with s3_server.start() as server:
-        saved = _set_env(
-            {
-                "S3_ENDPOINT_URL": server.endpoint_url,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-            }
-        )
+    with s3_server.environment() as server:
         yield server.endpoint_url
-        _set_env(saved)
 
 
 @pytest.fixture(scope="module")

@@ -263,25 +263,8 @@ def _load_stack_module() -> ModuleType:
 def s3_for_stack() -> Iterator[str]:
     from include.embedded import s3_server
 
-    names = ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    saved = {name: os.environ.get(name) for name in names}
-    with s3_server.start() as server:
-        os.environ.update(
-            {
-                "S3_ENDPOINT_URL": server.endpoint_url,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1",
-            }
-        )
-        try:
-            yield server.endpoint_url
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    with s3_server.environment() as server:
+        yield server.endpoint_url
 
 
 def _wait_for(predicate: Any, timeout: float, what: str, stack: Any) -> Any:

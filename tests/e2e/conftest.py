@@ -41,25 +41,8 @@ def s3_endpoint() -> Iterator[str]:
     """A moto server; the stack's tasks inherit S3_ENDPOINT_URL and the AWS_* variables from here."""
     from include.embedded import s3_server
 
-    names = ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    saved = {name: os.environ.get(name) for name in names}
-    with s3_server.start() as server:
-        os.environ.update(
-            {
-                "S3_ENDPOINT_URL": server.endpoint_url,
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1",
-            }
-        )
-        try:
-            yield server.endpoint_url
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    with s3_server.environment() as server:
+        yield server.endpoint_url
 
 
 @pytest.fixture(scope="module")
