@@ -221,6 +221,47 @@ def _lock_configuration(s3_client: Any, bucket: str) -> dict[str, Any] | None:
     return dict(config) if config.get("ObjectLockEnabled") == "Enabled" else None
 
 
+def _put_rule(s3_client: Any, bucket: str, rule: dict[str, Any]) -> tuple[bool, list[dict[str, Any]]]:
+    """Put (or replace) one rule by its ID, keeping the bucket's other rules; no write when unchanged.
+
+    Returns whether it wrote, and the rules the bucket had before.
+    """
+    existing = _lifecycle_rules(s3_client, bucket)
+    ours = next((r for r in existing if r.get("ID") == rule["ID"]), None)
+    changed = ours is None or _canonical(ours) != _canonical(rule)
+    if changed:
+        merged = [rule if r.get("ID") == rule["ID"] else r for r in existing]
+        if ours is None:
+            merged.append(rule)
+        s3_client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": merged})
+    return changed, existing
+
+
+STAGING_RULE_ID = "xac-staging-expiry"
+STAGING_EXPIRY_DAYS = 7
+
+
+def ensure_staging_expiry(
+    s3_client: Any, bucket: str, prefix: str = "_staging/", *, days: int = STAGING_EXPIRY_DAYS
+) -> bool:
+    """Expire what runs stage for the explainer (validated frames, shard outputs, pod records) after
+    ``days``: a run removes its staging folder when it publishes, but a run that fails or is abandoned
+    after staging would otherwise leave it forever. Idempotent; returns whether the rule was written.
+    Never applied to bundle prefixes (bundles have their own retention rule)."""
+    if days < 1:
+        raise RetentionError(f"staging expiry must be at least 1 day, got {days}")
+    rule = {
+        "ID": STAGING_RULE_ID,
+        "Filter": {"Prefix": _normalise_prefix(prefix)},
+        "Status": "Enabled",
+        "Expiration": {"Days": days},
+        "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_INCOMPLETE_MULTIPART_DAYS},
+    }
+    changed, _ = _put_rule(s3_client, bucket, rule)
+    return changed
+
+
 def apply_retention(
     s3_client: Any,
     bucket: str,
@@ -247,14 +288,7 @@ def apply_retention(
             f"retention mode {mode} requested but bucket {bucket} has no Object Lock; create the bucket "
             "with ObjectLockEnabledForBucket=True (or enable Object Lock on it), or use mode None"
         )
-    existing = _lifecycle_rules(s3_client, bucket)
-    ours = next((r for r in existing if r.get("ID") == rule["ID"]), None)
-    changed = ours is None or _canonical(ours) != _canonical(rule)
-    if changed:
-        merged = [rule if r.get("ID") == rule["ID"] else r for r in existing]
-        if ours is None:
-            merged.append(rule)
-        s3_client.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": merged})
+    changed, existing = _put_rule(s3_client, bucket, rule)
     prefix_key = rule["Filter"]["Prefix"]
     return {
         "bucket": bucket,

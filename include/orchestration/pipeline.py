@@ -257,8 +257,13 @@ def provenance_step(ctx: dict[str, Any], s3_client: Any = None, log: LogFn = pri
     inference_uri, background_uri = str(result.inference_path), str(result.background_path)
     if s3_client is not None:
         from include.compliance import ensure_bucket
+        from include.compliance.retention import STAGING_EXPIRY_DAYS, ensure_staging_expiry
 
         ensure_bucket(s3_client, ctx["bucket"])
+        try:  # what a failed or abandoned run leaves under _staging/ expires instead of staying forever
+            ensure_staging_expiry(s3_client, ctx["bucket"], "_staging/", days=STAGING_EXPIRY_DAYS)
+        except Exception as exc:  # a store without lifecycle support must not stop the run
+            log(f"WARNING: no expiry rule on s3://{ctx['bucket']}/_staging/: {exc}")
         uris = []
         for path in (Path(result.inference_path), Path(result.background_path)):
             key = staging_prefix(ctx) + path.name

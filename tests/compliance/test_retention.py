@@ -20,6 +20,7 @@ from include.compliance.retention import (
     add_years,
     apply_retention,
     bundle_storage_cost,
+    ensure_staging_expiry,
     lifecycle_rule,
     object_lock_settings,
     retention_days,
@@ -186,6 +187,28 @@ def test_lifecycle_rule_is_merged_idempotently(s3: Any, unique: Unique) -> None:
     assert second["rule_id"] != first["rule_id"]
     assert len(_rules(s3, bucket)) == 3
     assert second["transitions"] == []
+
+
+@integration
+def test_staging_expiry_rule_sits_beside_the_bundle_rules(s3: Any, unique: Unique) -> None:
+    """What failed runs leave under _staging/ expires; bundle rules and others are kept, both ways round."""
+    bucket = unique("retention-staging")
+    s3.create_bucket(Bucket=bucket)
+    bundles = apply_retention(s3, bucket, "diagnosis-risk/kernelshap/", years=10, mode=None)
+    assert ensure_staging_expiry(s3, bucket) is True
+    assert ensure_staging_expiry(s3, bucket) is False  # idempotent: nothing written the second time
+    rules = {r["ID"]: r for r in _rules(s3, bucket)}
+    assert set(rules) == {bundles["rule_id"], "xac-staging-expiry"}
+    staging = rules["xac-staging-expiry"]
+    assert staging["Filter"] == {"Prefix": "_staging/"} and staging["Expiration"] == {"Days": 7}
+    assert staging["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+    # a later publish (apply_retention) keeps the staging rule
+    apply_retention(s3, bucket, "image-classifier/", years=1, mode=None, transitions=())
+    assert "xac-staging-expiry" in {r["ID"] for r in _rules(s3, bucket)}
+    with pytest.raises(RetentionError, match="empty prefix"):
+        ensure_staging_expiry(s3, bucket, "/")
+    with pytest.raises(RetentionError, match="at least 1 day"):
+        ensure_staging_expiry(s3, bucket, days=0)
 
 
 @integration

@@ -90,6 +90,8 @@ def test_sample_dag_publishes_a_bundle_that_verifies(dagbag, dag_id: str, tmp_pa
     public_key = default_public_key_path().read_bytes()
     uri = f"s3://{ctx['bucket']}/{ctx['bundle_prefix']}"
     assert verify_bundle(uri, public_key_pem=public_key, s3_client=client).ok
+    rules = client.get_bucket_lifecycle_configuration(Bucket=ctx["bucket"])["Rules"]
+    assert {"Prefix": "_staging/"} in [r.get("Filter") for r in rules]  # failed runs' staging expires
 
     local = download_bundle(client, uri, tmp_path / "bundle")
     explanations = sorted((local / "explanations").iterdir())
