@@ -307,6 +307,9 @@ def test_git_dag_bundle_deploys_commits(tmp_path: Path, s3_for_stack: str) -> No
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3",
         "AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL": "2",
+        # Airflow keeps bundle clones under <tmp>/airflow/dag_bundles/<name> by default, shared by every
+        # run on the machine: an earlier test run's clone of another origin would be reused.
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(tmp_path / "dag_bundles"),
     }
     stack = stack_module.start(home=tmp_path / "stack", extra_env=extra_env, timeout=240.0)
     roots = {p.pid for p in stack.processes.values()}
@@ -324,6 +327,14 @@ def test_git_dag_bundle_deploys_commits(tmp_path: Path, s3_for_stack: str) -> No
             origin, f"include/configs/explainers/{NEW_DAG}.yaml", new_config_text(NEW_DAG, 200), "add"
         )
         _wait_for(lambda: NEW_DAG in dag_ids(), 120, f"{NEW_DAG} to appear", stack)
+        # The processor can record the version it refreshed from while it already reads the new
+        # checkout (seen once: the DAG first listed at the previous commit); the next parse settles it.
+        _wait_for(
+            lambda: stack.api("GET", f"/api/v2/dags/{NEW_DAG}").json().get("bundle_version") == added,
+            60,
+            f"{NEW_DAG} at the commit that added it",
+            stack,
+        )
         dag = stack.api("GET", f"/api/v2/dags/{NEW_DAG}").json()
         assert dag["bundle_name"] == "xac-git" and dag["bundle_version"] == added, dag
 
