@@ -46,7 +46,15 @@ EXPLAINER_TYPES: tuple[str, ...] = tuple(METHODS_BY_TYPE)
 METHOD_SETTINGS: dict[str, frozenset[str]] = {
     "KernelSHAP": frozenset({"numSamples", "imageSuperpixel"}),
     "IntegratedGradients": frozenset(
-        {"steps", "integrationMethod", "baseline", "internalBatchSize", "completenessTolerance"}
+        {
+            "steps",
+            "integrationMethod",
+            "baseline",
+            "internalBatchSize",
+            "completenessTolerance",
+            "precision",
+            "compile",
+        }
     ),
     "LIME": frozenset({"numSamples", "kernelWidth"}),
     "Counterfactual": frozenset({"numSamples"}),
@@ -192,6 +200,13 @@ class ExplainerSettings(StrictModel):
         default=None, description="AttentionRollout: how a layer's heads are combined (default mean)."
     )
     internalBatchSize: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    precision: Literal["fp32", "bf16"] | None = Field(
+        default=None,
+        description="IntegratedGradients: fp32 (default) or bf16 autocast of the model's forward/backward.",
+    )
+    compile: bool | None = Field(
+        default=None, description="IntegratedGradients: run the model through torch.compile (default false)."
+    )
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
 
 

@@ -92,6 +92,9 @@ METHOD_MODULES: dict[str, str] = {
 PREDICT_CHUNK_ROWS = 64
 MIN_CHUNK_ROWS = 256
 MAX_CHUNK_ROWS = 65_536
+# On a GPU one pass should fill the device: a cheap MLP needs ~10^6 rows per call before the
+# launch overhead stops mattering (on the CPU such passes fall out of cache, see kernel_shap).
+MAX_CUDA_CHUNK_ROWS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -312,7 +315,31 @@ class ExplainedModel:
         self.differentiable = differentiable
         first = next(iter(self.module.parameters()), None)
         self.dtype = first.dtype if first is not None else torch.get_default_dtype()
+        self.device = torch.device("cpu")
+        # ``torch.compile``d ``scores``, made by the first method that asks for it (see
+        # integrated_gradients.compiled_scores) and reused by later calls in the process.
+        self.compiled_scores: Callable[..., torch.Tensor] | None = None
         self._row_bytes: int | None = None
+
+    @contextlib.contextmanager
+    def on_device(self, device: torch.device) -> Iterator[None]:
+        """Keep the module on ``device`` for the duration (back on the CPU after).
+
+        Inputs stay CPU tensors everywhere: the methods that support a GPU move their pass
+        buffers there and bring results back, the others never see another device.
+        """
+        import torch
+
+        if device.type == "cpu":
+            yield
+            return
+        self.module.to(device)
+        self.device = device
+        try:
+            yield
+        finally:
+            self.module.to(torch.device("cpu"))
+            self.device = torch.device("cpu")
 
     # layout --------------------------------------------------------------------------------
     @property
@@ -370,11 +397,11 @@ class ExplainedModel:
         out = torch.empty((n, self.n_outputs), dtype=self.dtype)
         with torch.inference_mode():
             for start in range(0, n, chunk_rows):
-                block = flat[start : start + chunk_rows]
+                block = flat[start : start + chunk_rows].to(self.device)
                 m = block.shape[0]
                 if m < chunk_rows:
                     block = torch.cat([block, block[-1:].expand(chunk_rows - m, -1)])
-                out[start : start + m] = self.scores(*self.split(block))[:m]
+                out[start : start + m] = self.scores(*self.split(block))[:m].cpu()
         return out
 
     def class_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
@@ -424,7 +451,8 @@ class ExplainedModel:
             ]
             try:
                 with torch.inference_mode():
-                    self.scores(*self.split(torch.zeros((1, self.n_features), dtype=self.dtype)))
+                    zeros = torch.zeros((1, self.n_features), dtype=self.dtype, device=self.device)
+                    self.scores(*self.split(zeros))
             finally:
                 for hook in hooks:
                     hook.remove()
@@ -439,8 +467,14 @@ class ExplainedModel:
         job does not pad its only chunk to 65536 rows). ``overhead`` covers temporaries
         (masks, the mixed rows themselves, autograd buffers).
         """
-        budget_rows = memory_budget_bytes() / (self.row_bytes() * overhead)
-        rows = min(pow2_floor(budget_rows), MAX_CHUNK_ROWS, pow2_ceil(total_rows))
+        if self.device.type == "cuda":
+            from include.explainers.device import cuda_memory_budget_bytes
+
+            budget, most = cuda_memory_budget_bytes(self.device), MAX_CUDA_CHUNK_ROWS
+        else:
+            budget, most = memory_budget_bytes(), MAX_CHUNK_ROWS
+        budget_rows = budget / (self.row_bytes() * overhead)
+        rows = min(pow2_floor(budget_rows), most, pow2_ceil(total_rows))
         return max(rows, min(MIN_CHUNK_ROWS, pow2_ceil(total_rows)))
 
 
@@ -480,11 +514,17 @@ def _single_threaded_ops() -> Iterator[int]:
         torch.set_num_threads(threads)
 
 
-def run_passes(count: int, run: Callable[[int], None]) -> None:
+def run_passes(count: int, run: Callable[[int], None], device: torch.device | None = None) -> None:
     """``run(k)`` for k in range(count) on as many workers as torch had threads.
 
     Shared by the methods that evaluate in independent passes (see :func:`_single_threaded_ops`).
+    On a GPU the passes run one after the other: its kernels are queued asynchronously, and
+    one pass already fills the device.
     """
+    if device is not None and device.type != "cpu":
+        for k in range(count):
+            run(k)
+        return
     with _single_threaded_ops() as workers:
         if workers <= 1 or count <= 1:
             for k in range(count):

@@ -29,15 +29,28 @@ of 64 rows; 2.9k against 1.6k in passes of 1024). Weighted gradient sums accumul
 float64 (captum rounds its step sizes to float32). Fixed pass shapes and single-threaded
 kernels make results bit-identical whatever the shard or the machine's core count (see
 ``base``). The method is deterministic: the seed is not used.
+
+On a GPU (``XAC_EXPLAIN_DEVICE``, :mod:`include.explainers.device`) the same passes run on the
+device one after the other, sized from its free memory. Two settings trade exactness for speed
+there (both default off, both allowed on the CPU too): ``precision: bf16`` runs the model's
+forward and backward under bf16 autocast (inputs, path points, gradients and the weighted sums
+stay fp32/fp64; completeness then bottoms out near bf16's resolution, about 1e-3 to 1e-2
+relative, which the fidelity gate measures like any other error) and ``compile: true`` runs
+the explained output through ``torch.compile`` (one graph: every pass of a job has one shape).
+Compilation costs seconds to a minute per process; with ``XAC_COMPILE_CACHE`` (a folder or an
+``s3://`` prefix shared by the shards) the first process saves torch's compiled artifacts and
+the others load them (:func:`compile_cache`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +66,7 @@ from include.explainers.base import (
     pow2_floor,
     run_passes,
 )
+from include.explainers.device import autocast, cuda_memory_budget_bytes
 from include.explainers.errors import MethodNotApplicableError, ParameterError
 from include.explainers.params import INTEGRATED_GRADIENTS
 
@@ -97,6 +111,8 @@ def auto_internal_batch_size(model: ExplainedModel) -> int:
     """Rows per forward/backward pass: a power of two in [16, 8192] (see PASS_BYTES), never
     more than the memory budget allows."""
     row = model.row_bytes() * BACKWARD_OVERHEAD
+    if model.device.type == "cuda":  # no cache to fit: as large as the device's memory allows
+        return int(min(max(pow2_floor(cuda_memory_budget_bytes(model.device) / row), 1), AUTO_BATCH_MAX))
     cache_rows = 1 << max(round(math.log2(max(PASS_BYTES / row, 1.0))), 0)
     rows = min(cache_rows, pow2_floor(memory_budget_bytes() / row))
     return int(min(max(rows, AUTO_BATCH_MIN), AUTO_BATCH_MAX))
@@ -117,6 +133,95 @@ def gauss_legendre(nodes: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- evaluation
+
+
+COMPILE_CACHE_ENV = "XAC_COMPILE_CACHE"
+
+
+@contextlib.contextmanager
+def compiled_scores(model: ExplainedModel, enabled: bool) -> Iterator[Callable[..., torch.Tensor]]:
+    """``model.scores``, through ``torch.compile`` when ``enabled`` (see :func:`compile_cache`).
+
+    The compiled function is kept on the model object: a second explanation in the same process
+    (KernelSHAP's stability rerun, a benchmark's repetitions) reuses it instead of recompiling.
+    """
+    if not enabled:
+        yield model.scores
+        return
+    if model.compiled_scores is not None:
+        yield model.compiled_scores
+        return
+    with compile_cache(model):
+        # One graph: every pass of a job has the same shape (dynamic=False), and a graph break
+        # would silently fall back to eager for part of the model, so it is refused.
+        model.compiled_scores = torch.compile(model.scores, dynamic=False, fullgraph=True)
+        yield model.compiled_scores
+
+
+@contextlib.contextmanager
+def compile_cache(model: ExplainedModel) -> Iterator[None]:
+    """Load torch's compiled artifacts from ``XAC_COMPILE_CACHE`` before compiling, save them after.
+
+    The cache is a folder or an ``s3://bucket/prefix`` every shard of a job can read; its entry
+    is keyed by the model's weights, torch's version and the device, so a stale entry is never
+    used (torch checks its own artifacts too and recompiles what does not match). Without the
+    variable, torch's per-machine cache (``TORCHINDUCTOR_CACHE_DIR``) is all there is.
+    """
+    import hashlib
+
+    location = os.environ.get(COMPILE_CACHE_ENV, "").strip()
+    if not location:
+        yield
+        return
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    device = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else "cpu"
+    digest.update(f"{torch.__version__}|{device}".encode())
+    name = f"xac-compile-{digest.hexdigest()[:32]}.bin"
+    cached = _read_cache(location, name)
+    if cached is not None:
+        torch.compiler.load_cache_artifacts(cached)
+    yield
+    if cached is None:
+        saved = torch.compiler.save_cache_artifacts()
+        if saved is not None:
+            _write_cache(location, name, saved[0])
+
+
+def _read_cache(location: str, name: str) -> bytes | None:
+    if location.startswith("s3://"):
+        from include.compliance import parse_s3_uri
+        from include.storage import s3_client
+
+        bucket, prefix = parse_s3_uri(location)
+        try:
+            return s3_client().get_object(Bucket=bucket, Key=f"{prefix}/{name}".lstrip("/"))["Body"].read()
+        except Exception:  # a missing entry (or an unreadable cache) only means compiling here
+            return None
+    path = Path(location) / name
+    return path.read_bytes() if path.is_file() else None
+
+
+def _write_cache(location: str, name: str, data: bytes) -> None:
+    """Best effort (a cache that cannot be written costs the next shard a compilation, no more);
+    written whole (temporary file + rename, or one S3 PUT) so a reader never sees a torn entry."""
+    try:
+        if location.startswith("s3://"):
+            from include.compliance import parse_s3_uri
+            from include.storage import s3_client
+
+            bucket, prefix = parse_s3_uri(location)
+            s3_client().put_object(Bucket=bucket, Key=f"{prefix}/{name}".lstrip("/"), Body=data)
+            return
+        folder = Path(location)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{name}.{os.getpid()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, folder / name)
+    except Exception:
+        return
 
 
 def uses_channels_last(model: ExplainedModel) -> bool:
@@ -151,10 +256,17 @@ class PathProblem:
     targets: torch.Tensor  # (N,) explained column
     per_pass: int  # tasks per pass: fixed for the whole job (shard-independent)
     channels_last: bool
-    diff: torch.Tensor = field(init=False)  # x - x'
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast of the model's forward/backward)
+    scores: Callable[..., torch.Tensor] | None = None  # model.scores, or its compiled form
+    diff: torch.Tensor = field(init=False)  # x - x' (on the model's device)
 
     def __post_init__(self) -> None:
+        device = self.model.device
+        self.x, self.base = self.x.to(device), self.base.to(device)
+        self.targets = self.targets.to(device)
         self.diff = self.x - self.base
+        if self.scores is None:
+            self.scores = self.model.scores
 
 
 def path_gradient_sums(
@@ -169,25 +281,28 @@ def path_gradient_sums(
     and the number of passes.
     """
     model = problem.model
+    device = model.device
     n_tasks, k = alphas.shape
     per_pass = problem.per_pass
     pass_rows = per_pass * k
     n_feat = problem.x.shape[1]
     out = np.zeros((n_tasks, n_feat))
     n_passes = -(-n_tasks // per_pass)
-    alphas_t = torch.from_numpy(alphas).to(problem.x.dtype)
-    weights_t = torch.from_numpy(weights)
+    alphas_t = torch.from_numpy(alphas).to(device=device, dtype=problem.x.dtype)
+    weights_t = torch.from_numpy(weights).to(device)
+    scores_fn = problem.scores if problem.scores is not None else model.scores
 
     def run(p: int) -> None:
         start, stop = p * per_pass, min((p + 1) * per_pass, n_tasks)
         take = np.arange(start, start + per_pass).clip(max=stop - 1)  # pad: repeat the last task
-        inst = torch.from_numpy(instances[take])
-        flat = torch.empty((pass_rows, n_feat), dtype=problem.x.dtype)
+        inst = torch.from_numpy(instances[take]).to(device)
+        take_t = torch.from_numpy(take).to(device)
+        flat = torch.empty((pass_rows, n_feat), dtype=problem.x.dtype, device=device)
         points = flat.view(per_pass, k, n_feat)
         # x' + a (x - x'), written in place: (tasks, k, F)
         torch.addcmul(
             problem.base[inst][:, None, :],
-            alphas_t[torch.from_numpy(take)][:, :, None],
+            alphas_t[take_t][:, :, None],
             problem.diff[inst][:, None, :],
             out=points,
         )
@@ -200,27 +315,26 @@ def path_gradient_sums(
             inputs.append(tensor.requires_grad_(True))
         row_targets = problem.targets[inst].repeat_interleave(k)
         with torch.enable_grad():
-            scores = model.scores(*inputs)
-            explained = scores.gather(1, row_targets[:, None]).sum()
+            with autocast(device, problem.precision):
+                scores = scores_fn(*inputs)
+            explained = scores.float().gather(1, row_targets[:, None]).sum()
             grads = torch.autograd.grad(explained, inputs)
         grad = torch.cat([g.reshape(pass_rows, -1) for g in grads], dim=1)
-        sums = (grad.view(per_pass, k, n_feat).double() * weights_t[torch.from_numpy(take)][:, :, None]).sum(
-            1
-        )
-        out[start:stop] = sums[: stop - start].numpy()
+        sums = (grad.view(per_pass, k, n_feat).double() * weights_t[take_t][:, :, None]).sum(1)
+        out[start:stop] = sums[: stop - start].cpu().numpy()
 
-    run_passes(n_passes, run)
+    run_passes(n_passes, run, device)
     return out, n_passes
 
 
 def path_values(problem: PathProblem, instances: np.ndarray, alphas: np.ndarray) -> np.ndarray:
-    """The explained output at path points ``x' + a (x - x')`` (forward only), float64."""
-    points = (
-        problem.base[instances]
-        + torch.from_numpy(alphas).to(problem.x.dtype)[:, None] * problem.diff[instances]
-    )
+    """The explained output at path points ``x' + a (x - x')`` (forward only, fp32), float64."""
+    device = problem.model.device
+    index = torch.from_numpy(instances).to(device)
+    alphas_t = torch.from_numpy(alphas).to(device=device, dtype=problem.x.dtype)
+    points = problem.base[index] + alphas_t[:, None] * problem.diff[index]
     scores = problem.model.evaluate(points, PREDICT_CHUNK_ROWS)
-    return scores.gather(1, problem.targets[instances][:, None]).squeeze(1).double().numpy()
+    return scores.gather(1, problem.targets[index].cpu()[:, None]).squeeze(1).double().numpy()
 
 
 # ----------------------------------------------------------------------------- adaptive rule
@@ -254,7 +368,7 @@ def adaptive_attributions(
         nodes, panels = ADAPTIVE_NODES, ADAPTIVE_PANELS
     unit_a, unit_w = gauss_legendre(nodes)
     scale = tolerance * np.maximum(np.abs(fx - fb), EPSILON)
-    diff64 = problem.diff.double().numpy()
+    diff64 = problem.diff.double().cpu().numpy()
 
     # Per instance: {(a, b): [g(a), g(b), gradient sums (F,), gap]}
     edges = np.linspace(0.0, 1.0, panels + 1)
@@ -329,6 +443,7 @@ class IntegratedGradientsExplainer:
     """Integrated Gradients (see the module docstring)."""
 
     name = INTEGRATED_GRADIENTS
+    devices = ("cpu", "cuda")
 
     def check_model(self, model: ExplainedModel) -> None:
         if not model.differentiable:
@@ -369,7 +484,9 @@ class IntegratedGradientsExplainer:
         requested = params.get("internalBatchSize")
         internal = int(requested) if requested else auto_internal_batch_size(model)
         channels_last = uses_channels_last(model)
-        with memory_layout(model, channels_last):
+        precision = str(params.get("precision") or "fp32")
+        compiled = bool(params.get("compile"))
+        with memory_layout(model, channels_last), compiled_scores(model, compiled) as scores_fn:
             flat_x, flat_b = model.flatten(inputs).contiguous(), model.flatten(tuple(baselines)).contiguous()
             scores = model.evaluate(flat_x, PREDICT_CHUNK_ROWS)
             targets = model.targets(scores)
@@ -387,12 +504,16 @@ class IntegratedGradientsExplainer:
             # Tasks per pass: as many as the pass size allows, never more than the whole job
             # has (so tiny jobs do not pad to hundreds of copies); from job-wide numbers only.
             per_pass = max(1, min(internal // nodes, pow2_ceil(first_round)))
-            problem = PathProblem(model, flat_x, flat_b, targets, per_pass, channels_last)
+            problem = PathProblem(
+                model, flat_x, flat_b, targets, per_pass, channels_last, precision, scores_fn
+            )
             resolved: dict[str, Any] = {
                 "steps": steps,
                 "integrationMethod": method,
                 "baseline": baselines_spec,
                 "internalBatchSize": internal,
+                "precision": precision,
+                "compile": compiled,
             }
             per_instance: dict[str, np.ndarray] = {}
             if adaptive:
@@ -408,7 +529,7 @@ class IntegratedGradientsExplainer:
                 sums, passes = path_gradient_sums(
                     problem, instances, np.tile(alphas, (n, 1)), np.tile(weights, (n, 1))
                 )
-                features = sums * problem.diff.double().numpy()
+                features = sums * problem.diff.double().cpu().numpy()
         resolved["internalBatchSize"] = per_pass * nodes
 
         return Attributions(
@@ -427,6 +548,7 @@ class IntegratedGradientsExplainer:
                 "instances_per_call": per_pass,
                 "forward_backward_passes": passes,
                 "channels_last": channels_last,
+                "device": str(model.device),
                 "requested_internal_batch_size": requested,
                 "seconds": time.perf_counter() - started,
             },

@@ -30,6 +30,12 @@ enumerated part and the draw plan across instances, and the constrained least sq
 the normal equations (well conditioned for Shapley-kernel designs). On 2 cores this explains
 ~540 rows/s of a 20->16->1 MLP at numSamples 500 with 100 background rows, ~5x stock shap
 (bench/bench_kernel_shap.py).
+
+On a GPU (``XAC_EXPLAIN_DEVICE``, :mod:`include.explainers.device`) the pass buffers, the
+mixing and the background reduction live on the device, passes are sized from its free memory
+(up to 2^21 rows) and run back to back; coalition sampling and the least squares stay on the
+CPU (about 0.7 ms per instance here for 20 features at numSamples 500: the ceiling of a GPU
+run; bench/bench_gpu.py measures it).
 """
 
 from __future__ import annotations
@@ -425,6 +431,7 @@ def coalition_values(
     total = sum(sizes)
     if total == 0:
         return [np.zeros(0) for _ in plans], 0
+    device = model.device  # the pass buffers live where the model is (CPU tensors come in)
     n_bg, n_feat = background.shape
     n_players = plans[0].shape[1]
     per_pass, seg = pass_shape(chunk_rows, n_bg)
@@ -443,7 +450,10 @@ def coalition_values(
     # 20-feature rows (the broadcast where cost as much as the model's forward pass). Only for
     # finite inputs: an infinite value would turn the difference into NaN.
     use_lerp = bool(torch.isfinite(x).all()) and bool(torch.isfinite(background).all())
-    zero_one = torch.tensor([0.0, 1.0], dtype=x.dtype)
+    zero_one = torch.tensor([0.0, 1.0], dtype=x.dtype, device=device)
+    x, bg, targets, feat_player_t = x.to(device), bg.to(device), targets.to(device), feat_player_t.to(device)
+    bg_segs = [b.to(device) for b in bg_segs]
+    w_segs = [w.to(device) for w in w_segs]
 
     values = np.zeros(total)
     owner = np.repeat(np.arange(len(plans)), sizes)  # instance of every pair
@@ -465,14 +475,15 @@ def coalition_values(
             pair += take
         if m < per_pass:
             pair_masks[m:] = pair_masks[m - 1]  # padding repeats the last pair
-        inst = torch.from_numpy(owner[np.arange(start, start + per_pass).clip(max=stop - 1)])
+        pair_masks = pair_masks.to(device)
+        inst = torch.from_numpy(owner[np.arange(start, start + per_pass).clip(max=stop - 1)]).to(device)
         feature_masks = pair_masks if identity else pair_masks[:, feat_player_t]
         mask_w = zero_one[feature_masks.long()][:, None, :] if use_lerp else None
         xs = x[inst][:, None, :]
-        flat_buffer = torch.empty((pass_rows, n_feat), dtype=x.dtype)
+        flat_buffer = torch.empty((pass_rows, n_feat), dtype=x.dtype, device=device)
         flat_buffer[per_pass * seg :] = bg[0]  # filler rows: a valid input, outputs ignored
         buffer = flat_buffer[: per_pass * seg].view(per_pass, seg, n_feat)
-        acc = torch.zeros(per_pass, dtype=torch.float64)
+        acc = torch.zeros(per_pass, dtype=torch.float64, device=device)
         for bg_seg, w_seg in zip(bg_segs, w_segs, strict=True):
             if mask_w is not None:
                 torch.lerp(bg_seg[None], xs, mask_w, out=buffer)
@@ -489,9 +500,9 @@ def coalition_values(
             # in the pass (a pair's position differs between shards); a BLAS gemv promises
             # nothing about that, although no difference was seen here.
             acc += (out.double() * w_seg).sum(dim=1)
-        values[start:stop] = acc[:m].numpy()
+        values[start:stop] = acc[:m].cpu().numpy()
 
-    run_passes(n_passes, run)
+    run_passes(n_passes, run, device)
     return [values[offsets[i] : offsets[i + 1]] for i in range(len(plans))], n_passes * n_seg
 
 
@@ -502,6 +513,7 @@ class KernelShapExplainer:
     """KernelSHAP (see the module docstring)."""
 
     name = KERNEL_SHAP
+    devices = ("cpu", "cuda")
 
     def check_model(self, model: ExplainedModel) -> None:
         if model.n_features == 0:
@@ -560,7 +572,9 @@ class KernelShapExplainer:
 
         # Sized over the whole job so that every shard evaluates in chunks of the same shape.
         max_rows = num_samples * bg.shape[0] * (n_global or n)
-        chunk_rows = min(model.chunk_rows_for(max_rows), cache_pass_rows(model))
+        chunk_rows = model.chunk_rows_for(max_rows)
+        if model.device.type == "cpu":
+            chunk_rows = min(chunk_rows, cache_pass_rows(model))
         values, passes = coalition_values(model, x, bg, bg_w, feature_player, plans, targets, chunk_rows)
 
         phi = np.zeros((n, n_players))

@@ -39,6 +39,7 @@ INTEGRATION_METHODS = (
     "riemann_trapezoid",
 )
 BASELINES = ("zeros", "background_mean")
+PRECISIONS = ("fp32", "bf16")
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
@@ -137,6 +138,21 @@ PARAMETERS: dict[str, dict[str, ParamSpec]] = {
             "(cgroup-aware), a power of two between 256 and 8192.",
             minimum=1,
             maximum=10_000_000,
+        ),
+        "precision": ParamSpec(
+            "precision",
+            "choice",
+            "fp32",
+            "fp32, or bf16: the model's forward/backward under bf16 autocast (faster on GPUs with "
+            "bf16 tensor cores; completeness error then near 1e-3 to 1e-2 relative, gated as usual).",
+            choices=PRECISIONS,
+        ),
+        "compile": ParamSpec(
+            "compile",
+            "bool",
+            False,
+            "Run the explained output through torch.compile (seconds to a minute of compilation "
+            "per process; XAC_COMPILE_CACHE shares the compiled artifacts between shards).",
         ),
     },
 }

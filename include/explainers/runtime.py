@@ -91,6 +91,8 @@ class _Plan:
     file_stems: list[str]
     n_total: int
     shard_range: tuple[int, int]
+    device: Any = None  # torch.device the method computes on (include.explainers.device)
+    device_requested: str = "auto"
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -221,6 +223,7 @@ def _sorted_by_entity(frame: pd.DataFrame, entity: str) -> pd.DataFrame:
 def _prepare(request: ExplainRequest) -> _Plan:
     """All validation; no side effects (nothing written)."""
     from include.explainers.base import get_explainer
+    from include.explainers.device import device_for, requested_device
     from include.explainers.model_store import load_model
     from include.explainers.params import KERNEL_SHAP, method_parameters, normalise_params
 
@@ -235,6 +238,8 @@ def _prepare(request: ExplainRequest) -> _Plan:
     model = loaded.explained()
     explainer = get_explainer(request.method)
     explainer.check_model(model)
+    device_requested = requested_device()
+    device = device_for(explainer, device_requested)  # XAC_EXPLAIN_DEVICE=cuda without a GPU: refused
     params = normalise_params(
         request.method,
         raw_params,
@@ -283,6 +288,8 @@ def _prepare(request: ExplainRequest) -> _Plan:
         file_stems=stems,
         n_total=n_total,
         shard_range=(lo, hi),
+        device=device,
+        device_requested=device_requested,
         timings=timings,
     )
 
@@ -616,6 +623,7 @@ def _compute_and_write(plan: _Plan, tmp: Path) -> dict[str, Any]:
     import numpy as np
 
     from include.explainers.base import instance_seed, library_versions
+    from include.explainers.device import describe_device
     from include.explainers.fidelity import evaluate_fidelity
 
     request, model = plan.request, plan.model
@@ -625,19 +633,21 @@ def _compute_and_write(plan: _Plan, tmp: Path) -> dict[str, Any]:
     seeds = [instance_seed(request.seed, i) for i in plan.ids]
 
     started = time.perf_counter()
-    attributions = plan.explainer.explain(
-        model, inputs, background, plan.params, request.seed, seeds, n_global=plan.n_total
-    )
-    plan.timings["explain_seconds"] = time.perf_counter() - started
     rerun = None
-    exact = attributions.per_instance.get("exact")
-    if attributions.method == "KernelSHAP" and exact is not None and not bool(np.all(exact)):
-        started = time.perf_counter()
-        rerun_seeds = [instance_seed(request.seed + 1, i) for i in plan.ids]
-        rerun = plan.explainer.explain(
-            model, inputs, background, plan.params, request.seed, rerun_seeds, n_global=plan.n_total
+    # Only the method's own evaluation runs on the chosen device; probes and outputs on the CPU.
+    with model.on_device(plan.device):
+        attributions = plan.explainer.explain(
+            model, inputs, background, plan.params, request.seed, seeds, n_global=plan.n_total
         )
-        plan.timings["stability_rerun_seconds"] = time.perf_counter() - started
+        plan.timings["explain_seconds"] = time.perf_counter() - started
+        exact = attributions.per_instance.get("exact")
+        if attributions.method == "KernelSHAP" and exact is not None and not bool(np.all(exact)):
+            started = time.perf_counter()
+            rerun_seeds = [instance_seed(request.seed + 1, i) for i in plan.ids]
+            rerun = plan.explainer.explain(
+                model, inputs, background, plan.params, request.seed, rerun_seeds, n_global=plan.n_total
+            )
+            plan.timings["stability_rerun_seconds"] = time.perf_counter() - started
     # The Captum-backed methods (gradient_family) define their own rerun (which seed moves) and
     # hand Captum's fidelity metrics a probe of the run.
     stability_rerun = getattr(plan.explainer, "stability_rerun", None)
@@ -711,6 +721,7 @@ def _compute_and_write(plan: _Plan, tmp: Path) -> dict[str, Any]:
             "min": fidelity_doc["min"],
         },
         "runtime": {k: round(v, 4) for k, v in plan.timings.items()},
+        "device": describe_device(plan.device, plan.device_requested),
         "peak_rss_mb": _peak_rss_mb(),
         "libraries": versions,
         "inputs": {
