@@ -8,13 +8,15 @@ exactly. Deterministic given the background summary (``backgroundDataStrategy``,
 
 Which models: DeepLift needs a rule for every nonlinearity on the way from the input to the
 explained output. Captum has rules for its supported modules (ReLU, ELU, LeakyReLU, Sigmoid,
-Tanh, Softplus, MaxPool, Softmax); any other nonlinearity — a SiLU or GELU module, a functional
-``torch.relu`` inside ``forward``, a product of two input-dependent tensors — would silently
-receive plain gradients and give wrong attributions, so :meth:`check_model` refuses such a
-model with a :class:`MethodNotApplicableError` naming what it found
-(:func:`include.explainers.gradient_family.deeplift_problems`). Multiclass models are refused
-too: their explained output is a log-softmax over all logits, which has no DeepLift rule. Both
-sample models use SiLU and are therefore refused (use GradientSHAP or KernelSHAP for them).
+Tanh, Softplus, MaxPool, Softmax); SiLU, GELU and Mish modules get the rescale rule here
+(:func:`include.explainers.gradient_family.deeplift_rules`). Any other nonlinearity — a
+functional ``torch.relu`` inside ``forward``, a product of two input-dependent tensors, a
+Hardswish — would silently receive plain gradients and give wrong attributions, so
+:meth:`check_model` refuses such a model with a :class:`MethodNotApplicableError` naming what
+it found (:func:`include.explainers.gradient_family.deeplift_problems`). Multiclass models are
+refused too: their explained output is a log-softmax over all logits, which has no DeepLift
+rule. Of the sample models, the binary tabular one (SiLU) can be explained; the multimodal
+one is multiclass and is refused (use GradientSHAP or KernelSHAP for it).
 
 Evaluation: Captum's ``DeepLiftShap`` expands every input over all baselines and averages
 uniformly. The same computation is done here with Captum's ``DeepLift`` on explicit (instance,
@@ -41,6 +43,7 @@ from include.explainers.errors import MethodNotApplicableError
 from include.explainers.gradient_family import (
     FidelityProbe,
     deeplift_problems,
+    deeplift_rules,
     evaluate_in_passes,
     expected_output,
     explained_output_module,
@@ -75,7 +78,7 @@ def deep_shap_rows(
     explainer = DeepLift(network)
     inputs = tuple(t.contiguous().requires_grad_(True) for t in model.split(pairs_x))
     baselines = tuple(t.contiguous() for t in model.split(pairs_b))
-    with torch.enable_grad(), warnings.catch_warnings():
+    with torch.enable_grad(), warnings.catch_warnings(), deeplift_rules():
         # Captum announces on every call that it sets hooks on the nonlinear modules (and removes them).
         warnings.filterwarnings("ignore", message="Setting forward, backward hooks")
         parts = explainer.attribute(inputs, baselines=baselines, target=0)
@@ -102,7 +105,7 @@ class DeepShapExplainer:
                 + "; ".join(problems[:5])
                 + ("; ..." if len(problems) > 5 else "")
                 + ". Supported nonlinearities are the modules ReLU, ELU, LeakyReLU, Sigmoid, Tanh, "
-                "Softplus, MaxPool and Softmax (use GradientSHAP or KernelSHAP)"
+                "Softplus, MaxPool, Softmax, SiLU, GELU and Mish (use GradientSHAP or KernelSHAP)"
             )
 
     def _background(

@@ -14,9 +14,10 @@
   needs to compute Captum's ``infidelity`` and ``sensitivity_max`` for a run: the model, the
   explained rows and targets, how to re-explain perturbed rows, and the removal reference.
 * **DeepLift compatibility** (:func:`deeplift_problems`): DeepLift propagates multipliers with
-  rules for the nonlinear *modules* Captum knows; anything else (a SiLU, a functional
-  ``torch.relu`` in ``forward``, a product of two input-dependent tensors, a nonlinear module
-  called twice) silently gets plain gradients and a wrong answer, so it is refused up front.
+  rules for the nonlinear *modules* Captum knows, plus the rescale rule for SiLU, GELU and Mish
+  (:func:`deeplift_rules`); anything else (a functional ``torch.relu`` in ``forward``, a
+  product of two input-dependent tensors, a nonlinear module called twice, a Hardswish)
+  silently gets plain gradients and a wrong answer, so it is refused up front.
 """
 
 from __future__ import annotations
@@ -219,6 +220,31 @@ _LINEAR_MODULES: tuple[type[nn.Module], ...] = (
     nn.ConstantPad3d,
 )
 _CONTAINERS: tuple[type[nn.Module], ...] = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+# Smooth elementwise activations Captum has no rule for. DeepLift's rescale rule (multiplier =
+# (y - y') / (x - x'), the gradient where x == x') is defined for any elementwise function and
+# keeps summation-to-delta exact, so these get Captum's own ``nonlinear`` rule, registered only
+# for the duration of a DeepLift call (:func:`deeplift_rules`).
+RESCALE_MODULES: tuple[type[nn.Module], ...] = (nn.SiLU, nn.GELU, nn.Mish)
+
+
+@contextlib.contextmanager
+def deeplift_rules() -> Iterator[None]:
+    """Captum's DeepLift with the rescale rule for :data:`RESCALE_MODULES` too (then removed again).
+
+    Captum looks its rules up in the module-level ``SUPPORTED_NON_LINEAR`` table (a private
+    name: pinned with captum). Calls run one after another (DeepSHAP's passes are sequential).
+    """
+    from captum.attr._core import deep_lift
+
+    added = [kind for kind in RESCALE_MODULES if kind not in deep_lift.SUPPORTED_NON_LINEAR]
+    for kind in added:
+        deep_lift.SUPPORTED_NON_LINEAR[kind] = deep_lift.nonlinear
+    try:
+        yield
+    finally:
+        for kind in added:
+            deep_lift.SUPPORTED_NON_LINEAR.pop(kind, None)
+
 
 # Functions and tensor methods that are linear in each input-dependent argument (shape moves,
 # sums, additions). ``mul``/``truediv``/``matmul`` are linear only when one side is constant.
@@ -298,11 +324,12 @@ def deeplift_problems(module: nn.Module) -> list[str]:
     """
     from captum.attr._core.deep_lift import SUPPORTED_NON_LINEAR
 
+    nonlinear = (*SUPPORTED_NON_LINEAR, *RESCALE_MODULES)
     problems: list[str] = []
     for name, sub in module.named_modules():
         if isinstance(sub, _CONTAINERS) or list(sub.children()):
             continue  # containers and custom composites: their forward is checked by the trace below
-        if isinstance(sub, nn.Bilinear) or not isinstance(sub, _LINEAR_MODULES + tuple(SUPPORTED_NON_LINEAR)):
+        if isinstance(sub, nn.Bilinear) or not isinstance(sub, _LINEAR_MODULES + nonlinear):
             problems.append(f"module {name or '<root>'} ({type(sub).__name__}) has no DeepLift rule")
     try:
         import torch.fx
@@ -337,7 +364,7 @@ def deeplift_problems(module: nn.Module) -> list[str]:
         if node.op == "call_module":
             target = submodules.get(str(node.target))
             calls[str(node.target)] = calls.get(str(node.target), 0) + 1
-            if type(target) in SUPPORTED_NON_LINEAR and calls[str(node.target)] == 2:
+            if type(target) in nonlinear and calls[str(node.target)] == 2:
                 problems.append(f"nonlinear module {node.target} is called more than once")
             continue
         label = (
