@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from include.explainers.base import ExplainedModel, Modality
+from include.explainers.coalitions import sample_coalitions
 from include.explainers.kernel_shap import (
     EXPLAINER,
     build_players,
-    sample_coalitions,
     summarise_background,
 )
 from include.explainers.params import normalise_params
@@ -285,7 +285,7 @@ def test_non_finite_background_values_fall_back_to_exact_selection() -> None:
 
 
 def test_normal_equations_match_least_squares() -> None:
-    from include.explainers.kernel_shap import solve_constrained
+    from include.explainers.coalitions import solve_constrained
 
     rng = np.random.default_rng(3)
     for m, budget in ((10, 500), (20, 500), (12, 60), (64, 300)):
@@ -302,7 +302,7 @@ def test_normal_equations_match_least_squares() -> None:
 
 
 def test_fewer_coalition_pairs_than_players_gets_the_minimum_norm_solution() -> None:
-    from include.explainers.kernel_shap import solve_constrained
+    from include.explainers.coalitions import solve_constrained
 
     rng = np.random.default_rng(4)
     masks, weights, _ = sample_coalitions(40, 30, rng)  # 15 pairs, 39 unknowns: rank deficient
@@ -319,7 +319,7 @@ def test_fewer_coalition_pairs_than_players_gets_the_minimum_norm_solution() -> 
 def test_large_classes_are_drawn_uniformly_without_repeats() -> None:
     """Classes too large to list (C(30, 15) pairs) use rejection draws: distinct, canonical in
     the middle class, and every player equally likely."""
-    from include.explainers.kernel_shap import _draw_rejecting
+    from include.explainers.coalitions import _draw_rejecting
 
     rng = np.random.default_rng(5)
     blocks = _draw_rejecting(30, [(15, 400), (9, 300)], rng)
@@ -339,3 +339,32 @@ def test_sampled_classes_are_stratified_like_the_design() -> None:
     assert np.array_equal(np.bincount(a.sum(1), minlength=21), np.bincount(b.sum(1), minlength=21))
     assert np.array_equal(np.sort(wa), np.sort(wb))
     assert not np.array_equal(a, b)
+
+
+def test_sampling_on_worker_processes_draws_the_same_coalitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each instance's draws depend only on its seed: a pool of processes returns the same arrays."""
+    from include.explainers.coalitions import sample_many, sampling_workers
+
+    counts = [20, 19, 20, 7, 0, 1, 20, 12] * 3
+    seeds = list(range(1000, 1000 + len(counts)))
+    alone = sample_many(counts, 500, seeds, workers=1)
+    pooled = sample_many(counts, 500, seeds, workers=2)
+    assert len(pooled) == len(alone)
+    for (m1, w1, e1), (m2, w2, e2) in zip(alone, pooled, strict=True):
+        assert np.array_equal(m1, m2) and np.array_equal(w1, w2) and e1 == e2
+    assert sampling_workers(10) == 1  # small jobs never start a pool
+    monkeypatch.setenv("XAC_SAMPLING_WORKERS", "3")
+    assert sampling_workers(10) == 3
+
+
+def test_kernel_shap_with_a_sampling_pool_is_bit_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(6, 8), nn.SiLU(), nn.Linear(8, 1)).double()
+    model = ExplainedModel(net, _tabular(6), "regression", [])
+    x, bg = torch.randn(5, 6, dtype=torch.float64), torch.randn(30, 6, dtype=torch.float64)
+    params = _params(numSamples=40)
+    single = EXPLAINER.explain(model, (x,), (bg,), params, seed=4)
+    monkeypatch.setenv("XAC_SAMPLING_WORKERS", "2")
+    pooled = EXPLAINER.explain(model, (x,), (bg,), params, seed=4)
+    assert pooled.details["sampling_workers"] == 2
+    assert np.array_equal(single.players, pooled.players)
