@@ -22,7 +22,10 @@ Protocol, for each target tolerance T in --tolerances:
    every advantage we could give it), "default_batch" (None: all rows at once, Captum's
    default) and "previous_runtime" (what this runtime passed to Captum before its own engine);
 3. also ours with Captum's own rule at that same ``n_steps`` (identical nodes and weights, so
-   identical errors): the gain of the evaluation engine alone.
+   identical errors): the gain of the evaluation engine alone;
+4. the per-row oracle: for each row the smallest grid ``n`` whose Gauss-Legendre error is <= E.
+   Its mean is what a perfect per-row step choice would spend (learning the choice costs
+   extra), so ``captum_steps_over_oracle_mean`` bounds the speed-up adaptivity alone can give.
 
 Because the adaptive rule stops on the completeness gap, which bounds only the SUM of the
 attributions, every run's per-feature error against a 256-node Gauss-Legendre reference is
@@ -194,8 +197,11 @@ class Bench:
         parts = attributions if isinstance(attributions, tuple) else (attributions,)
         return torch.cat([a.detach().reshape(self.rows, -1) for a in parts], dim=1).double().numpy()
 
+    def row_errors(self, features: np.ndarray) -> np.ndarray:
+        return np.abs(features.sum(1) - self.delta) / np.maximum(np.abs(self.delta), 1e-6)
+
     def errors(self, features: np.ndarray) -> dict[str, float]:
-        completeness = np.abs(features.sum(1) - self.delta) / np.maximum(np.abs(self.delta), 1e-6)
+        completeness = self.row_errors(features)
         out = {"completeness_max": float(completeness.max()), "completeness_mean": float(completeness.mean())}
         if self.reference is not None:
             ref = self.reference
@@ -222,8 +228,10 @@ def run_model(name: str, bench: Bench, tolerances: list[float], threads: int, re
     bench.captum_run(8, None)
     bench.reference = bench.ours({"steps": REFERENCE_STEPS, "integrationMethod": "gausslegendre"})
     reference_errors = bench.errors(bench.reference)
-    # Captum's error for each n_steps (it does not depend on batch size or threads).
-    curve = {n: bench.errors(bench.captum_run(n, 256)) for n in STEP_GRID}
+    # Captum's error for each n_steps (it does not depend on batch size or threads), per row too.
+    runs = {n: bench.captum_run(n, 256) for n in STEP_GRID}
+    curve = {n: bench.errors(runs[n]) for n in STEP_GRID}
+    per_row = np.stack([bench.row_errors(runs[n]) for n in STEP_GRID])  # (grid, rows)
     thread_options = sorted({1, threads})
     previous = previous_runtime_batch(bench.model)
     batches = [*sorted({bench.rows, 256, 1024, previous}), None]
@@ -265,9 +273,20 @@ def run_model(name: str, bench: Bench, tolerances: list[float], threads: int, re
         def ratio(ours: str, theirs: str, runs: dict[str, list[float]] = reps_out) -> float:
             return statistics.median(a / c for a, c in zip(runs[ours], runs[theirs], strict=True))
 
+        # The best any per-row step count could do with Gauss-Legendre (an oracle that knows each
+        # row's error curve and pays nothing to learn it): the smallest grid n per row reaching
+        # the error we achieved. Bounds what adaptivity alone can gain over one n for all rows.
+        grid = np.array(STEP_GRID)
+        reached = per_row <= achieved
+        oracle = np.where(reached.any(0), grid[np.argmax(reached, axis=0)], grid[-1])
         comparisons.append(
             {
                 "tolerance": tolerance,
+                "oracle_per_row_steps": {
+                    "mean": float(oracle.mean()),
+                    "max": int(oracle.max()),
+                    "captum_steps_over_oracle_mean": steps / float(oracle.mean()),
+                },
                 "ours_adaptive": {
                     "errors": ours_errors,
                     "gradient_evaluations_mean": float(np.mean(details["gradient_evaluations"])),
@@ -382,6 +401,10 @@ def main() -> int:
             "error_of_a_run": "max over rows of |sum(attr) - (f(x) - f(x'))| / max(|f(x) - f(x')|, 1e-6)",
             "reference_for_attribution_error": f"ours, Gauss-Legendre {REFERENCE_STEPS} nodes",
             "captum_n_steps": "smallest in the grid with error <= ours (Gauss-Legendre, tuned on these rows)",
+            "oracle_per_row_steps": (
+                "per row, the smallest grid n whose Gauss-Legendre error is <= ours: the evaluations a "
+                "perfect per-row step choice would need (an upper bound on what adaptivity can gain)"
+            ),
             "captum_tuned": "fastest internal_batch_size in {rows, 256, 1024, None} x threads {1, --threads}",
             "captum_default_batch": "internal_batch_size None (all rows at once), faster thread setting",
             "captum_previous_runtime": (
