@@ -204,6 +204,14 @@ class GpuSettings(_Strict):
     tolerations: list[Toleration] = Field(
         default_factory=list, description="Added to every pod that requests a GPU (GPU nodes are tainted)."
     )
+    requireDevice: bool = Field(
+        default=True,
+        description=(
+            "Pods that request a GPU set XAC_EXPLAIN_DEVICE=cuda: with no visible GPU the explainer stops "
+            "before any work instead of running on the CPU. false only where pods cannot see GPUs by design "
+            "(the loopback test double runs pods as local processes)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _default_type_exists(self) -> GpuSettings:

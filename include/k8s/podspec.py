@@ -398,6 +398,16 @@ def pod_template(
         "OPENBLAS_NUM_THREADS": threads,
         "PYTHONUNBUFFERED": "1",  # log lines reach `kubectl logs` (and the task log) at once
     }
+    if gpu.resource and spec.gpu is not None and spec.gpu.requireDevice:
+        # A pod given a GPU computes on it: with no visible device the explainer stops before any
+        # work (exit 1) instead of running a GPU-priced pod on its CPU (include/explainers/device.py).
+        base_env["XAC_EXPLAIN_DEVICE"] = "cuda"
+    settings = config.spec.explainerConfig
+    if settings is not None and settings.compile:
+        # torch.compile's artifacts shared by the shards and by later runs of the model (keyed by
+        # weights, torch version and GPU inside the folder); torch's own cache on the pod's scratch.
+        base_env["XAC_COMPILE_CACHE"] = f"s3://{config.spec.storage.bucket}/_xac/compile-cache"
+        base_env["TORCHINDUCTOR_CACHE_DIR"] = f"{TMP_DIR}/inductor"
     airflow = config.spec.airflow
     rel = spec.reliability
     return PodTemplate(

@@ -348,3 +348,27 @@ def test_extra_environment_reaches_the_container_and_bad_names_are_refused(
     with pytest.raises(PodSpecError) as err:
         plan_pod(tabular, eks, run_for(tabular), CMD, env={"1BAD-NAME": "x"})
     assert "environment variable name '1BAD-NAME'" in _problems(err)
+
+
+def test_gpu_pods_require_their_device_and_compiled_ig_shares_its_cache(
+    tabular: ExplainerConfiguration, configs: dict[str, ExplainerConfiguration], eks: Any
+) -> None:
+    def env_of(config: ExplainerConfiguration, profile: Any) -> dict[str, str]:
+        return {
+            e["name"]: e["value"] for e in _container(plan_pod(config, profile, run_for(config), CMD))["env"]
+        }
+
+    assert "XAC_EXPLAIN_DEVICE" not in env_of(tabular, eks)  # no GPU requested: the explainer chooses
+    assert env_of(with_resources(tabular, gpu="1"), eks)["XAC_EXPLAIN_DEVICE"] == "cuda"
+    # The loopback double runs pods as local processes that may have no GPU.
+    loopback = shipped_profile("loopback")
+    assert loopback.spec.gpu.requireDevice is False
+    assert "XAC_EXPLAIN_DEVICE" not in env_of(with_resources(tabular, gpu="0.1"), loopback)
+
+    ig = with_resources(configs["multimodal-digits-ig"], gpu="1")
+    assert "XAC_COMPILE_CACHE" not in env_of(ig, eks)
+    data = ig.model_dump(mode="json", exclude_none=True)
+    data["spec"]["explainerConfig"]["compile"] = True
+    compiled = env_of(ExplainerConfiguration.model_validate(data), eks)
+    assert compiled["XAC_COMPILE_CACHE"] == f"s3://{ig.spec.storage.bucket}/_xac/compile-cache"
+    assert compiled["TORCHINDUCTOR_CACHE_DIR"].endswith("/inductor")
