@@ -317,7 +317,7 @@ def path_gradient_sums(
         with torch.enable_grad():
             with autocast(device, problem.precision):
                 scores = scores_fn(*inputs)
-            explained = scores.float().gather(1, row_targets[:, None]).sum()
+            explained = scores.to(problem.x.dtype).gather(1, row_targets[:, None]).sum()
             grads = torch.autograd.grad(explained, inputs)
         grad = torch.cat([g.reshape(pass_rows, -1) for g in grads], dim=1)
         sums = (grad.view(per_pass, k, n_feat).double() * weights_t[take_t][:, :, None]).sum(1)
