@@ -43,9 +43,10 @@ def test_gpu_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert shap["error_vs_exact"]["ours"] < 1e-9
     assert shap["error_vs_exact"]["shap_l1_reg_false"] < 1e-3
     ig = report["integrated_gradients"]
-    for variant in ("captum_fp32", "ours_fp32", "ours_bf16", "ours_bf16_compiled"):
+    for variant in ("captum_fp32", "ours_fp32", "ours_bf16", "ours_bf16_compiled", "ours_bf16_adaptive"):
         assert ig[variant]["rows_per_second"] > 0, variant
         assert ig[variant]["completeness_error"]["max"] < 0.05, variant
+    assert ig["ours_bf16_adaptive"]["gradient_evaluations_mean"] <= ig["steps"]
     # Same rule and steps: our fp32 engine and Captum's agree on completeness.
     assert (
         abs(ig["ours_fp32"]["completeness_error"]["max"] - ig["captum_fp32"]["completeness_error"]["max"])
