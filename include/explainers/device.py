@@ -92,10 +92,6 @@ def describe_device(device: torch.device, requested: str) -> dict[str, Any]:
     return out
 
 
-def is_cuda(device: torch.device) -> bool:
-    return device.type == "cuda"
-
-
 def cuda_memory_budget_bytes(device: torch.device) -> int:
     """Working-set budget of one pass on a GPU: a share of its free memory, capped
     (``XAC_EXPLAIN_MEMORY_BUDGET_BYTES`` overrides, as on the CPU)."""

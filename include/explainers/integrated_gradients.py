@@ -190,14 +190,21 @@ def compile_cache(model: ExplainedModel) -> Iterator[None]:
             _write_cache(location, name, saved[0])
 
 
+def _s3_entry(location: str, name: str) -> tuple[str, str]:
+    """(bucket, key) of cache entry ``name`` under the ``s3://bucket/prefix`` ``location``."""
+    from include.compliance import parse_s3_uri
+
+    bucket, prefix = parse_s3_uri(location)
+    return bucket, f"{prefix}/{name}".lstrip("/")
+
+
 def _read_cache(location: str, name: str) -> bytes | None:
     if location.startswith("s3://"):
-        from include.compliance import parse_s3_uri
         from include.storage import s3_client
 
-        bucket, prefix = parse_s3_uri(location)
+        bucket, key = _s3_entry(location, name)
         try:
-            return s3_client().get_object(Bucket=bucket, Key=f"{prefix}/{name}".lstrip("/"))["Body"].read()
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
         except Exception:  # a missing entry (or an unreadable cache) only means compiling here
             return None
     path = Path(location) / name
@@ -209,11 +216,10 @@ def _write_cache(location: str, name: str, data: bytes) -> None:
     written whole (temporary file + rename, or one S3 PUT) so a reader never sees a torn entry."""
     try:
         if location.startswith("s3://"):
-            from include.compliance import parse_s3_uri
             from include.storage import s3_client
 
-            bucket, prefix = parse_s3_uri(location)
-            s3_client().put_object(Bucket=bucket, Key=f"{prefix}/{name}".lstrip("/"), Body=data)
+            bucket, key = _s3_entry(location, name)
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
             return
         folder = Path(location)
         folder.mkdir(parents=True, exist_ok=True)
@@ -257,7 +263,7 @@ class PathProblem:
     per_pass: int  # tasks per pass: fixed for the whole job (shard-independent)
     channels_last: bool
     precision: str = "fp32"  # "fp32" | "bf16" (autocast of the model's forward/backward)
-    scores: Callable[..., torch.Tensor] | None = None  # model.scores, or its compiled form
+    scores: Callable[..., torch.Tensor] | None = None  # its compiled form; None: model.scores
     diff: torch.Tensor = field(init=False)  # x - x' (on the model's device)
 
     def __post_init__(self) -> None:
@@ -265,8 +271,6 @@ class PathProblem:
         self.x, self.base = self.x.to(device), self.base.to(device)
         self.targets = self.targets.to(device)
         self.diff = self.x - self.base
-        if self.scores is None:
-            self.scores = self.model.scores
 
 
 def path_gradient_sums(
