@@ -35,6 +35,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from importlib import metadata
@@ -225,7 +226,11 @@ def completeness(features: np.ndarray, delta: np.ndarray) -> dict[str, float]:
     return {"max": float(error.max()), "mean": float(error.mean())}
 
 
-def bench_integrated_gradients(device: torch.device, smoke: bool) -> dict[str, Any]:
+def bench_integrated_gradients(
+    device: torch.device, smoke: bool, out: dict[str, Any], checkpoint: Callable[[], None], deadline: float
+) -> None:
+    """Fills ``out`` stage by stage, calling ``checkpoint`` after each (the report survives a
+    time-out or a failure of a later variant); variants past ``deadline`` are recorded as skipped."""
     from captum.attr import IntegratedGradients
 
     net, side, classes, description = image_model(smoke)
@@ -241,7 +246,7 @@ def bench_integrated_gradients(device: torch.device, smoke: bool) -> dict[str, A
     )
     generator = torch.Generator().manual_seed(SEED)
     x = torch.randn(images, 3, side, side, generator=generator)
-    out: dict[str, Any] = {"model": description, "images": images, "steps": steps}
+    out.update({"model": description, "images": images, "steps": steps})
 
     with model.on_device(device):
         xd = x.to(device)
@@ -287,6 +292,7 @@ def bench_integrated_gradients(device: torch.device, smoke: bool) -> dict[str, A
             "rows_per_second": statistics.median(captum_rates),
             "completeness_error": captum_error,
         }
+        checkpoint()
 
         fixed = {"steps": steps, "integrationMethod": "gausslegendre"}
         # The adaptive rule: per image, Gauss-Legendre panels until the completeness gap is within
@@ -296,40 +302,64 @@ def bench_integrated_gradients(device: torch.device, smoke: bool) -> dict[str, A
             "integrationMethod": "gausslegendre_adaptive",
             "completenessTolerance": 5e-3,
         }
+        # Most telling first: a later variant may be cut by the deadline.
         variants = {
-            "ours_fp32": {"precision": "fp32", "compile": False, **fixed},
-            "ours_bf16": {"precision": "bf16", "compile": False, **fixed},
             "ours_bf16_compiled": {"precision": "bf16", "compile": True, **fixed},
+            "ours_bf16": {"precision": "bf16", "compile": False, **fixed},
+            "ours_fp32": {"precision": "fp32", "compile": False, **fixed},
             "ours_bf16_adaptive": {"precision": "bf16", "compile": False, **adaptive},
         }
         if not smoke:  # a second compilation (other pass shape): minutes on a CPU, seconds on the GPU host
             variants["ours_bf16_compiled_adaptive"] = {"precision": "bf16", "compile": True, **adaptive}
         for name, extra in variants.items():
-            params = normalise_params("IntegratedGradients", {"baseline": "zeros", **extra}, has_image=True)
-            run = lambda p=params: IG.explain(model, (x,), (x[:1],), p, seed=0)  # noqa: E731
-            first_seconds, _ = timed(run, device)  # includes compilation for the compiled variant
-            rates = []
-            for _ in range(reps):
-                seconds, result = timed(run, device)
-                rates.append(images / seconds)
-            out[name] = {
-                "rows_per_second": statistics.median(rates),
-                "rows_per_second_by_rep": rates,
-                "first_call_seconds": first_seconds,
-                "completeness_error": completeness(result.features, delta),
-                "speedup_vs_captum_fp32": statistics.median(rates) / out["captum_fp32"]["rows_per_second"],
-                "internal_batch_size": result.resolved_params["internalBatchSize"],
-                "integration": {
-                    k: result.resolved_params.get(k)
-                    for k in ("integrationMethod", "steps", "completenessTolerance")
-                },
-                "gradient_evaluations_mean": (
-                    float(np.mean(result.per_instance["gradient_evaluations"]))
-                    if "gradient_evaluations" in result.per_instance
-                    else float(steps)
-                ),
-            }
-    return out
+            if time.perf_counter() > deadline:
+                out[name] = {"skipped": "deadline"}
+                continue
+            try:
+                out[name] = ig_variant(model, x, delta, extra, images, steps, reps, device, out)
+            except Exception as error:  # one broken variant must not cost the others' figures
+                out[name] = failure(error)
+            checkpoint()
+
+
+def failure(error: BaseException) -> dict[str, str]:
+    return {"error": repr(error), "traceback": traceback.format_exc()[-4000:]}
+
+
+def ig_variant(
+    model: ExplainedModel,
+    x: torch.Tensor,
+    delta: np.ndarray,
+    extra: dict[str, Any],
+    images: int,
+    steps: int,
+    reps: int,
+    device: torch.device,
+    out: dict[str, Any],
+) -> dict[str, Any]:
+    params = normalise_params("IntegratedGradients", {"baseline": "zeros", **extra}, has_image=True)
+    run = lambda: IG.explain(model, (x,), (x[:1],), params, seed=0)  # noqa: E731
+    first_seconds, _ = timed(run, device)  # includes compilation for the compiled variant
+    rates = []
+    for _ in range(reps):
+        seconds, result = timed(run, device)
+        rates.append(images / seconds)
+    return {
+        "rows_per_second": statistics.median(rates),
+        "rows_per_second_by_rep": rates,
+        "first_call_seconds": first_seconds,
+        "completeness_error": completeness(result.features, delta),
+        "speedup_vs_captum_fp32": statistics.median(rates) / out["captum_fp32"]["rows_per_second"],
+        "internal_batch_size": result.resolved_params["internalBatchSize"],
+        "integration": {
+            k: result.resolved_params.get(k) for k in ("integrationMethod", "steps", "completenessTolerance")
+        },
+        "gradient_evaluations_mean": (
+            float(np.mean(result.per_instance["gradient_evaluations"]))
+            if "gradient_evaluations" in result.per_instance
+            else float(steps)
+        ),
+    }
 
 
 # ============================================================================ report
@@ -343,20 +373,45 @@ def main() -> int:
     parser.add_argument(
         "--skip", choices=["kernel_shap", "integrated_gradients"], action="append", default=[]
     )
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds from the start after which IG variants not begun are skipped (device time is metered)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     started = time.perf_counter()
+    deadline = started + args.deadline if args.deadline else float("inf")
     report: dict[str, Any] = {
         "benchmark": "explainers_on_gpu",
         "smoke": args.smoke,
         "device": describe_device(device, args.device),
     }
+
+    def checkpoint() -> None:
+        """Writes the report so far: a time-out or a crash later still leaves every figure taken."""
+        report["seconds"] = time.perf_counter() - started
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=float) + "\n")
+        print(f"[{report['seconds']:.0f} s] checkpoint: {sorted(report)}", file=sys.stderr, flush=True)
+
     if "kernel_shap" not in args.skip:
-        report["kernel_shap"] = bench_kernel_shap(device, args.smoke)
+        try:
+            report["kernel_shap"] = bench_kernel_shap(device, args.smoke)
+        except Exception as error:  # the IG figures are still worth the device time
+            report["kernel_shap"] = failure(error)
+        checkpoint()
     if "integrated_gradients" not in args.skip:
-        report["integrated_gradients"] = bench_integrated_gradients(device, args.smoke)
+        report["integrated_gradients"] = {}
+        try:
+            bench_integrated_gradients(
+                device, args.smoke, report["integrated_gradients"], checkpoint, deadline
+            )
+        except Exception as error:
+            report["integrated_gradients"]["error"] = failure(error)
     targets: dict[str, bool] = {}
-    if "kernel_shap" in report:
+    if "ours_rows_per_second" in report.get("kernel_shap", {}):
         ks = report["kernel_shap"]
         targets["kernel_shap_at_least_3000_rows_per_second"] = (
             ks["ours_rows_per_second"] >= KERNEL_SHAP_TARGET_ROWS_PER_S
@@ -371,7 +426,9 @@ def main() -> int:
             (
                 v
                 for k, v in ig.items()
-                if k.startswith("ours_") and v["completeness_error"]["max"] <= IG_TARGET_ERROR
+                if k.startswith("ours_")
+                and "speedup_vs_captum_fp32" in v
+                and v["completeness_error"]["max"] <= IG_TARGET_ERROR
             ),
             key=lambda v: v["speedup_vs_captum_fp32"],
             default=None,
@@ -388,11 +445,16 @@ def main() -> int:
             versions[dist] = "not installed"
     report["versions"] = versions | {"python": platform.python_version()}
     report["machine"] = {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine()}
-    report["seconds"] = time.perf_counter() - started
-    text = json.dumps(report, indent=2, default=float)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
+    checkpoint()
+    print(args.out.read_text())
+    failed = [
+        k for k, v in report.get("integrated_gradients", {}).items() if isinstance(v, dict) and "error" in v
+    ]
+    if "error" in report.get("kernel_shap", {}):
+        failed.append("kernel_shap")
+    if failed:
+        print(f"failed: {failed}", file=sys.stderr)
+        return 2
     return 0 if args.smoke or all(targets.values()) else 1
 
 

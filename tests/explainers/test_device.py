@@ -117,7 +117,12 @@ def test_bf16_autocast_integrated_gradients_stays_close_to_fp32() -> None:
     fp32, fp32_error = _ig(model, x)
     bf16, bf16_error = _ig(model, x, precision="bf16")
     assert fp32_error.max() < 1e-3
-    assert bf16_error.max() < 0.05, bf16_error  # bf16 keeps ~3 significant digits
+    # bf16 keeps ~3 significant digits of the activations, not of f(x) - f(x'): an instance whose
+    # difference is tiny (4e-4 here, against ~0.05 for the others) is judged on the typical
+    # difference's scale (on CPUs with native bf16 kernels its relative error reached 27 %).
+    delta = np.abs(fp32.sum(1))
+    scaled = bf16_error * delta / np.maximum(delta, np.median(delta))
+    assert scaled.max() < 0.05, (bf16_error, delta)
     relative = np.abs(bf16 - fp32).sum(1) / np.abs(fp32).sum(1)
     assert relative.max() < 0.05, relative
     assert not np.array_equal(bf16, fp32)  # autocast really ran in bf16
