@@ -108,7 +108,7 @@ def bench_kernel_shap(device: torch.device, smoke: bool) -> dict[str, Any]:
     import shap
 
     features, hidden = (8, 32) if smoke else (20, 256)
-    rows, shap_rows, reference_rows = (16, 4, 4) if smoke else (4096, 64, 16)
+    rows, shap_rows, reference_rows = (16, 4, 4) if smoke else (4096, 64, 64)
     net, data = tabular_model(features, hidden, device)
     names = tuple(f"f{i}" for i in range(features))
     model = ExplainedModel(net, [Modality("tabular", "tabular", names, (features,))], "binary", ["0", "1"])

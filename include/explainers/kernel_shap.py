@@ -59,7 +59,8 @@ from include.explainers.base import (
     instance_seeds_for,
     run_passes,
 )
-from include.explainers.coalitions import sample_many, sampling_workers, solve_constrained
+from include.explainers.coalition_batches import MAX_PLAYERS, draw_batch, solve_batch
+from include.explainers.coalitions import _design, sample_many, sampling_workers, solve_constrained
 from include.explainers.errors import MethodNotApplicableError, ParameterError
 from include.explainers.params import KERNEL_SHAP
 
@@ -179,20 +180,46 @@ def coalition_values(
 ) -> tuple[list[np.ndarray], int]:
     """v(z) for every planned coalition of every instance; returns (values per instance, passes).
 
-    ``plans[i]`` is an (S_i, P) bool matrix over all players. The (instance, coalition) pairs of
-    all instances form one stream, cut into passes of a fixed number of pairs (the last one
-    padded by repeating its last pair). A pass is ``pairs x background segment`` rows mixed by
-    one broadcast op straight into its buffer; its outputs are reduced against the background
-    weights in float64. Every pass has the same shape whatever the shard holds, and passes
-    are independent, so they run on parallel workers (:func:`run_passes`).
+    ``plans[i]`` is an (S_i, P) bool matrix over all players; see :func:`pair_values`.
     """
     sizes = [p.shape[0] for p in plans]
-    total = sum(sizes)
-    if total == 0:
+    if sum(sizes) == 0:
         return [np.zeros(0) for _ in plans], 0
+    pairs = torch.from_numpy(np.concatenate(plans))
+    owner = torch.from_numpy(np.repeat(np.arange(len(plans)), sizes))
+    values, passes = pair_values(
+        model, x, background, bg_weights, feature_player, pairs, owner, targets, chunk_rows
+    )
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    flat = values.cpu().numpy()
+    return [flat[offsets[i] : offsets[i + 1]] for i in range(len(plans))], passes
+
+
+def pair_values(
+    model: ExplainedModel,
+    x: torch.Tensor,
+    background: torch.Tensor,
+    bg_weights: np.ndarray,
+    feature_player: np.ndarray,
+    pairs: torch.Tensor,
+    owner: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_rows: int,
+) -> tuple[torch.Tensor, int]:
+    """v(z) of each (instance ``owner[t]``, coalition ``pairs[t]``); returns ((T,) float64 on the
+    model's device, passes).
+
+    ``pairs`` is a (T, P) bool matrix over all players. The pairs form one stream, cut into
+    passes of a fixed number of pairs (the last one padded by repeating its last pair). A pass
+    is ``pairs x background segment`` rows mixed by one broadcast op straight into its buffer;
+    its outputs are reduced against the background weights in float64. Every pass has the same
+    shape whatever the shard holds, and passes are independent, so they run on parallel
+    workers (:func:`run_passes`); on a GPU they are queued back to back with no wait.
+    """
+    total = pairs.shape[0]
     device = model.device  # the pass buffers live where the model is (CPU tensors come in)
     n_bg, n_feat = background.shape
-    n_players = plans[0].shape[1]
+    n_players = pairs.shape[1]
     per_pass, seg = pass_shape(chunk_rows, n_bg)
     n_seg = -(-n_bg // seg)
     pad = n_seg * seg - n_bg
@@ -211,31 +238,20 @@ def coalition_values(
     use_lerp = bool(torch.isfinite(x).all()) and bool(torch.isfinite(background).all())
     zero_one = torch.tensor([0.0, 1.0], dtype=x.dtype, device=device)
     x, bg, targets, feat_player_t = x.to(device), bg.to(device), targets.to(device), feat_player_t.to(device)
+    pairs, owner = pairs.to(device), owner.to(device)
     bg_segs = [b.to(device) for b in bg_segs]
     w_segs = [w.to(device) for w in w_segs]
 
-    values = np.zeros(total)
-    owner = np.repeat(np.arange(len(plans)), sizes)  # instance of every pair
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    n_passes = -(-total // per_pass)
+    values = torch.zeros(total, dtype=torch.float64, device=device)
+    n_passes = -(-total // per_pass) if total else 0
 
     def run(k: int) -> None:
         start = k * per_pass
         stop = min(start + per_pass, total)
         m = stop - start
-        # This pass's coalitions, copied out of the per-instance plans (a few slices).
-        pair_masks = torch.empty((per_pass, n_players), dtype=torch.bool)
-        pair = start
-        while pair < stop:
-            i = int(owner[pair])
-            lo = pair - int(offsets[i])
-            take = min(sizes[i] - lo, stop - pair)
-            pair_masks[pair - start : pair - start + take] = torch.from_numpy(plans[i][lo : lo + take])
-            pair += take
-        if m < per_pass:
-            pair_masks[m:] = pair_masks[m - 1]  # padding repeats the last pair
-        pair_masks = pair_masks.to(device)
-        inst = torch.from_numpy(owner[np.arange(start, start + per_pass).clip(max=stop - 1)]).to(device)
+        take = torch.arange(start, start + per_pass, device=device).clamp_(max=stop - 1)  # pad: repeat
+        pair_masks = pairs[take]
+        inst = owner[take]
         feature_masks = pair_masks if identity else pair_masks[:, feat_player_t]
         mask_w = zero_one[feature_masks.long()][:, None, :] if use_lerp else None
         xs = x[inst][:, None, :]
@@ -259,10 +275,118 @@ def coalition_values(
             # in the pass (a pair's position differs between shards); a BLAS gemv promises
             # nothing about that, although no difference was seen here.
             acc += (out.double() * w_seg).sum(dim=1)
-        values[start:stop] = acc[:m].cpu().numpy()
+        values[start:stop] = acc[:m]
 
     run_passes(n_passes, run, device)
-    return [values[offsets[i] : offsets[i + 1]] for i in range(len(plans))], n_passes * n_seg
+    return values, n_passes * n_seg
+
+
+# ----------------------------------------------------------------------------- on a GPU
+
+# Instances drawn, evaluated and solved together on a GPU: at most BATCH_INSTANCES, and at most
+# BATCH_ELEMENTS (instance, coalition, player) entries, since the solve holds a few float64
+# arrays of that many (2 GiB each at the cap): 4096 instances at 20 players and numSamples 500,
+# 12 when every one of 2^20 coalitions is enumerated.
+BATCH_INSTANCES = 4096
+BATCH_ELEMENTS = 1 << 28
+
+
+def batch_instances(coalitions: int, players: int) -> int:
+    return max(1, min(BATCH_INSTANCES, BATCH_ELEMENTS // max(coalitions * players, 1)))
+
+
+def batched_route(model: ExplainedModel, active: np.ndarray) -> bool:
+    """Whether the instances are drawn and solved in batches on the device (GPUs, up to
+    MAX_PLAYERS non-dummy players) rather than one by one in numpy (CPUs: bit-identical per seed
+    whatever the thread count, and the per-instance cost is small next to the model's there)."""
+    return model.device.type == "cuda" and int(active.sum(1).max(initial=0)) <= MAX_PLAYERS
+
+
+def batched_shapley(
+    model: ExplainedModel,
+    x: torch.Tensor,
+    bg: torch.Tensor,
+    bg_w: np.ndarray,
+    feature_player: np.ndarray,
+    active: np.ndarray,
+    seeds: Sequence[int],
+    num_samples: int,
+    targets: torch.Tensor,
+    delta: np.ndarray,
+    base: np.ndarray,
+    chunk_rows: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Shapley estimates on the model's (GPU) device, a batch of instances per operation
+    (:mod:`include.explainers.coalition_batches`); returns (phi, coalitions per instance,
+    exact per instance, details). Instances with the same number of non-dummy players are
+    batched together."""
+    device = model.device
+    n, n_players = active.shape
+    phi = np.zeros((n, n_players))
+    coalitions = np.zeros(n, dtype=np.int64)
+    exact = np.zeros(n, dtype=bool)
+    # Seeds are 64-bit patterns: as int64 for torch, the same bits.
+    seeds_t = torch.from_numpy(np.array([s % (1 << 64) for s in seeds], dtype=np.uint64).view(np.int64))
+    delta_t, base_t = torch.from_numpy(delta).to(device), torch.from_numpy(base).to(device)
+    clock = {"sampling": 0.0, "evaluation": 0.0, "solve": 0.0}
+    passes = 0
+    counts = active.sum(1)
+
+    def lap(stage: str, since: float) -> float:
+        if device.type == "cuda":  # the queued work must finish for the time to mean anything
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        clock[stage] += now - since
+        return now
+
+    for players_in_game in np.unique(counts):
+        group = np.flatnonzero(counts == players_in_game)
+        if players_in_game <= 1:  # no game to sample: the lone player takes the whole difference
+            for i in group:
+                phi[i, active[i]] = delta[i]
+            exact[group] = True
+            continue
+        design = _design(int(players_in_game), num_samples)
+        per_batch = batch_instances(
+            design.fixed_masks.shape[0] + 2 * sum(c[2] for c in design.sampled), n_players
+        )
+        for first in range(0, len(group), per_batch):
+            rows = group[first : first + per_batch]
+            since = time.perf_counter()
+            masks, weights, is_exact = draw_batch(int(players_in_game), num_samples, seeds_t[rows].to(device))
+            r, s, _ = masks.shape
+            players = np.stack([np.flatnonzero(active[i]) for i in rows])  # (r, a)
+            plan = torch.ones((r, s, n_players), dtype=torch.bool, device=device)  # dummies: either value
+            plan.scatter_(2, torch.from_numpy(players).to(device)[:, None, :].expand(-1, s, -1), masks)
+            since = lap("sampling", since)
+            owner = torch.arange(r, device=device).repeat_interleave(s)
+            values, used = pair_values(
+                model,
+                x[rows],
+                bg,
+                bg_w,
+                feature_player,
+                plan.view(r * s, n_players),
+                owner,
+                targets[rows],
+                chunk_rows,
+            )
+            passes += used
+            since = lap("evaluation", since)
+            rows_t = torch.from_numpy(rows).to(device)
+            solved = solve_batch(masks, weights, values.view(r, s) - base_t[rows_t, None], delta_t[rows_t])
+            phi[rows[:, None], players] = solved.cpu().numpy()
+            lap("solve", since)
+            coalitions[rows] = s
+            exact[rows] = is_exact
+    details = {
+        "sampled_on": str(device),
+        "forward_passes": passes,
+        "sampling_seconds": clock["sampling"],
+        "evaluation_seconds": clock["evaluation"],
+        "solve_seconds": clock["solve"],
+    }
+    return phi, coalitions, exact, details
 
 
 # ----------------------------------------------------------------------------- explainer
@@ -315,37 +439,31 @@ class KernelShapExplainer:
             differs = (bg != x[i]).any(dim=0).numpy()
             np.logical_or.at(active[i], feature_player, differs)
 
-        plans: list[np.ndarray] = []
-        local: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        exact = np.zeros(n, dtype=bool)
-        clock = time.perf_counter()
-        workers = sampling_workers(n)
-        drawn = sample_many([int(c) for c in active.sum(1)], num_samples, seeds, workers)
-        for i, (masks, weights, is_exact) in enumerate(drawn):
-            players = np.flatnonzero(active[i])
-            plan = np.ones((masks.shape[0], n_players), dtype=bool)  # dummies: either value is the same
-            plan[:, players] = masks
-            plans.append(plan)
-            local.append((players, masks, weights))
-            exact[i] = is_exact
-        sampling_seconds = time.perf_counter() - clock
-
         # Sized over the whole job so that every shard evaluates in chunks of the same shape.
         max_rows = num_samples * bg.shape[0] * (n_global or n)
         chunk_rows = model.chunk_rows_for(max_rows)
         if model.device.type == "cpu":
             chunk_rows = min(chunk_rows, cache_pass_rows(model))
-        clock = time.perf_counter()
-        values, passes = coalition_values(model, x, bg, bg_w, feature_player, plans, targets, chunk_rows)
-        evaluation_seconds = time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        phi = np.zeros((n, n_players))
-        for i, (players, masks, weights) in enumerate(local):
-            delta = fx[i] - base[i]
-            if len(players):
-                phi[i, players] = solve_constrained(masks, weights, values[i] - base[i], delta)
-        solve_seconds = time.perf_counter() - clock
+        if batched_route(model, active):
+            phi, coalitions, exact, timing = batched_shapley(
+                model,
+                x,
+                bg,
+                bg_w,
+                feature_player,
+                active,
+                seeds,
+                num_samples,
+                targets,
+                fx - base,
+                base,
+                chunk_rows,
+            )
+            workers = 1
+        else:
+            phi, coalitions, exact, timing, workers = self._per_instance(
+                model, x, bg, bg_w, feature_player, active, seeds, num_samples, targets, fx, base, chunk_rows
+            )
         counts = np.bincount(feature_player, minlength=n_players)
         features = phi[:, feature_player] / counts[feature_player]
         resolved = {
@@ -367,7 +485,7 @@ class KernelShapExplainer:
             targets=targets.numpy(),
             resolved_params=resolved,
             per_instance={
-                "coalitions": np.array([p.shape[0] for p in plans]),
+                "coalitions": coalitions,
                 "active_players": active.sum(1),
                 "exact": exact,
             },
@@ -375,15 +493,63 @@ class KernelShapExplainer:
                 "background": bg_info,
                 "players": n_players,
                 "chunk_rows": chunk_rows,
-                "forward_passes": passes,
-                "model_rows_evaluated": int(sum(p.shape[0] for p in plans) * bg.shape[0]),
+                "model_rows_evaluated": int(coalitions.sum() * bg.shape[0]),
                 "sampling_workers": workers,
-                "sampling_seconds": sampling_seconds,
-                "evaluation_seconds": evaluation_seconds,
-                "solve_seconds": solve_seconds,
+                **timing,
                 "seconds": time.perf_counter() - started,
             },
         )
+
+    @staticmethod
+    def _per_instance(
+        model: ExplainedModel,
+        x: torch.Tensor,
+        bg: torch.Tensor,
+        bg_w: np.ndarray,
+        feature_player: np.ndarray,
+        active: np.ndarray,
+        seeds: Sequence[int],
+        num_samples: int,
+        targets: torch.Tensor,
+        fx: np.ndarray,
+        base: np.ndarray,
+        chunk_rows: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], int]:
+        """The CPU route: coalitions drawn and solved per instance in numpy (bit-identical for a
+        seed), evaluated in batched passes; returns (phi, coalitions, exact, details, workers)."""
+        n, n_players = active.shape
+        plans: list[np.ndarray] = []
+        local: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        exact = np.zeros(n, dtype=bool)
+        clock = time.perf_counter()
+        workers = sampling_workers(n)
+        drawn = sample_many([int(c) for c in active.sum(1)], num_samples, seeds, workers)
+        for i, (masks, weights, is_exact) in enumerate(drawn):
+            players = np.flatnonzero(active[i])
+            plan = np.ones((masks.shape[0], n_players), dtype=bool)  # dummies: either value is the same
+            plan[:, players] = masks
+            plans.append(plan)
+            local.append((players, masks, weights))
+            exact[i] = is_exact
+        sampling_seconds = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        values, passes = coalition_values(model, x, bg, bg_w, feature_player, plans, targets, chunk_rows)
+        evaluation_seconds = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        phi = np.zeros((n, n_players))
+        for i, (players, masks, weights) in enumerate(local):
+            delta = fx[i] - base[i]
+            if len(players):
+                phi[i, players] = solve_constrained(masks, weights, values[i] - base[i], delta)
+        details = {
+            "forward_passes": passes,
+            "sampling_seconds": sampling_seconds,
+            "evaluation_seconds": evaluation_seconds,
+            "solve_seconds": time.perf_counter() - clock,
+        }
+        return phi, np.array([p.shape[0] for p in plans]), exact, details, workers
 
 
 EXPLAINER = KernelShapExplainer()

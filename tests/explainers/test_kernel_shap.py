@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from include.explainers import kernel_shap
 from include.explainers.base import ExplainedModel, Modality
 from include.explainers.coalitions import sample_coalitions
 from include.explainers.kernel_shap import (
@@ -47,12 +48,21 @@ def _value_fn(net: nn.Module):
     return value
 
 
+@pytest.fixture(params=["per_instance", "batched"])
+def route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both routes: per instance in numpy (CPUs) and batched in torch (GPUs; forced here on the
+    CPU, the same code with the device's kernels swapped for the CPU's)."""
+    if request.param == "batched":
+        monkeypatch.setattr(kernel_shap, "batched_route", lambda model, active: True)
+    return request.param
+
+
 def _params(**overrides: object) -> dict:
     return normalise_params("KernelSHAP", {"backgroundDataStrategy": "all", **overrides}, has_image=False)
 
 
 @pytest.mark.parametrize("num_samples", [60, 500, 2000])  # sampled, sampled, every coalition
-def test_linear_model_equals_closed_form(num_samples: int) -> None:
+def test_linear_model_equals_closed_form(num_samples: int, route: str) -> None:
     torch.manual_seed(0)
     d = 10
     net = nn.Linear(d, 1).double()
@@ -66,7 +76,7 @@ def test_linear_model_equals_closed_form(num_samples: int) -> None:
     assert out.per_instance["exact"].all() == (num_samples >= 2**d - 2)
 
 
-def test_full_enumeration_is_exact_on_a_nonlinear_model() -> None:
+def test_full_enumeration_is_exact_on_a_nonlinear_model(route: str) -> None:
     torch.manual_seed(1)
     d = 6  # 62 coalitions <= 500: every coalition is enumerated
     net = nn.Sequential(nn.Linear(d, 12), nn.Tanh(), nn.Linear(12, 1)).double()
@@ -80,7 +90,7 @@ def test_full_enumeration_is_exact_on_a_nonlinear_model() -> None:
         assert np.abs(out.players[i] - truth).max() < 1e-10
 
 
-def test_sampled_estimate_is_close_to_exact_shapley_values() -> None:
+def test_sampled_estimate_is_close_to_exact_shapley_values(route: str) -> None:
     """10 features, numSamples 500 (of 1022 coalitions): within 0.01 normalised L1."""
     torch.manual_seed(0)
     d = 10
@@ -114,7 +124,7 @@ def test_trained_tabular_model_exact_with_enough_samples(sample_models: dict, ta
         assert np.abs(out.players[i] - truth).max() < 1e-5  # float32 model outputs
 
 
-def test_efficiency_is_exact_and_dummies_get_zero() -> None:
+def test_efficiency_is_exact_and_dummies_get_zero(route: str) -> None:
     torch.manual_seed(2)
     d = 12
     net = nn.Sequential(nn.Linear(d, 8), nn.SiLU(), nn.Linear(8, 1)).double()
@@ -132,7 +142,7 @@ def test_efficiency_is_exact_and_dummies_get_zero() -> None:
     assert (out.per_instance["active_players"] == d - 1).all()
 
 
-def test_same_seed_is_bit_identical_and_seeds_matter() -> None:
+def test_same_seed_is_bit_identical_and_seeds_matter(route: str) -> None:
     torch.manual_seed(4)
     d = 10
     net = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, 1))
