@@ -101,6 +101,8 @@ def cuda_memory_budget_bytes(device: torch.device) -> int:
     if env:
         return max(int(env), 1 << 20)
     free, _total = torch.cuda.mem_get_info(device)
+    # Memory torch's allocator holds but does not use (an earlier job's passes) is free to us too.
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return max(min(int(free * CUDA_MEMORY_FRACTION), CUDA_MEMORY_CAP), 64 << 20)
 
 
