@@ -264,11 +264,14 @@ def solve_constrained(masks: np.ndarray, weights: np.ndarray, values: np.ndarray
 # ----------------------------------------------------------------------------- many instances
 
 SAMPLING_WORKERS_ENV = "XAC_SAMPLING_WORKERS"
-# A pool pays off only for large jobs on machines with cores to spare: each worker is a fresh
-# interpreter (spawned: forking a process that holds torch's threads, or a CUDA context, is
-# unsafe) that imports this package (~0.5 s), against ~0.7 ms of sampling per instance (20
-# players, numSamples 500, one core here). Measured on 2 cores, 2048 instances: 1.34-1.43 s in
-# one process, 1.58-1.77 s with 2 workers, hence no pool below POOL_MIN_CPUS.
+# A pool is opt-in (``XAC_SAMPLING_WORKERS``): each worker is a fresh interpreter (spawned:
+# forking a process that holds torch's threads, or a CUDA context, is unsafe) that imports the
+# parent's main module, against ~0.25-0.7 ms of sampling per instance (20 players, numSamples
+# 500, one core). Measured: on 2 cores, 2048 instances, 1.34-1.43 s in one process and
+# 1.58-1.77 s with 2 workers; on a 16-CPU GPU host, 4096 instances took 6.8 s on 16 workers
+# (bench_gpu.py as the main module, which imports torch) against ~1 s expected in one process.
+# GPU runs draw on the device instead (include/explainers/coalition_batches.py). With the
+# variable set, jobs below these sizes still stay in one process.
 POOL_MIN_INSTANCES = 512
 POOL_MIN_INSTANCES_PER_WORKER = 128
 POOL_MIN_CPUS = 4
@@ -296,14 +299,18 @@ def usable_cpus() -> int:
 
 
 def sampling_workers(n_instances: int) -> int:
-    """Processes that draw the coalitions of ``n_instances`` (``XAC_SAMPLING_WORKERS`` overrides)."""
+    """Processes that draw the coalitions of ``n_instances``: 1 unless ``XAC_SAMPLING_WORKERS``
+    names a count, or ``auto`` (one per 128 instances from 512 on, at most the usable CPUs and
+    32, none below 4 CPUs)."""
     env = os.environ.get(SAMPLING_WORKERS_ENV, "").strip()
-    if env:
-        return max(1, int(env))
-    cpus = usable_cpus()
-    if n_instances < POOL_MIN_INSTANCES or cpus < POOL_MIN_CPUS:
+    if not env:
         return 1
-    return max(1, min(cpus, n_instances // POOL_MIN_INSTANCES_PER_WORKER, POOL_MAX_WORKERS))
+    if env == "auto":
+        cpus = usable_cpus()
+        if n_instances < POOL_MIN_INSTANCES or cpus < POOL_MIN_CPUS:
+            return 1
+        return max(1, min(cpus, n_instances // POOL_MIN_INSTANCES_PER_WORKER, POOL_MAX_WORKERS))
+    return max(1, int(env))
 
 
 def _sample_chunk(

@@ -362,7 +362,14 @@ def test_sampling_on_worker_processes_draws_the_same_coalitions(monkeypatch: pyt
     assert len(pooled) == len(alone)
     for (m1, w1, e1), (m2, w2, e2) in zip(alone, pooled, strict=True):
         assert np.array_equal(m1, m2) and np.array_equal(w1, w2) and e1 == e2
+    monkeypatch.delenv("XAC_SAMPLING_WORKERS", raising=False)
+    assert sampling_workers(100_000) == 1  # opt-in: no pool unless asked for
+    monkeypatch.setenv("XAC_SAMPLING_WORKERS", "auto")
     assert sampling_workers(10) == 1  # small jobs never start a pool
+    monkeypatch.setattr("include.explainers.coalitions.usable_cpus", lambda: 8)
+    assert sampling_workers(100_000) == 8 and sampling_workers(600) == 4
+    monkeypatch.setattr("include.explainers.coalitions.usable_cpus", lambda: 2)
+    assert sampling_workers(100_000) == 1  # below 4 CPUs a pool costs more than it saves
     monkeypatch.setenv("XAC_SAMPLING_WORKERS", "3")
     assert sampling_workers(10) == 3
 
