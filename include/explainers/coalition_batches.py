@@ -7,7 +7,7 @@ instance at a time in numpy (:func:`include.explainers.coalitions.sample_coaliti
 which 1.2 s on the GPU. This module does both on the device, for a whole batch of instances
 per operation:
 
-* the same design (:func:`include.explainers.coalitions._design`): enumerated classes shared,
+* the same design (:func:`include.explainers.coalitions.coalition_design`): enumerated classes shared,
   the rest drawn per size class without replacement, in complementary pairs, with the same
   Horvitz-Thompson weights;
 * the draws come from a counter-based generator (SplitMix64 of the instance's seed, the class,
@@ -28,7 +28,7 @@ import math
 import numpy as np
 import torch
 
-from include.explainers.coalitions import _design, solve_constrained
+from include.explainers.coalitions import coalition_design, solve_constrained
 
 MAX_PLAYERS = 62
 
@@ -125,7 +125,7 @@ def draw_batch(m: int, num_samples: int, seeds: torch.Tensor) -> tuple[torch.Ten
     if not 2 <= m <= MAX_PLAYERS:
         raise ValueError(f"batched coalitions need 2 to {MAX_PLAYERS} players, got {m}")
     device, n = seeds.device, seeds.shape[0]
-    design = _design(m, num_samples)
+    design = coalition_design(m, num_samples)
     fixed = torch.from_numpy(design.fixed_masks.copy()).to(device)  # the design's is read-only
     blocks = [fixed[None].expand(n, -1, -1)]
     weights = [design.fixed_weights]

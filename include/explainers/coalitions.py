@@ -114,7 +114,7 @@ def _draw_rejecting(m: int, wanted: Sequence[tuple[int, int]], rng: np.random.Ge
 
 
 @dataclass(frozen=True)
-class _Design:
+class CoalitionDesign:
     """What every instance with ``m`` players and a budget shares: the enumerated part and the plan
     of the sampled part (so each instance only draws)."""
 
@@ -130,14 +130,14 @@ def _interleave(block: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _design(m: int, num_samples: int) -> _Design:
+def coalition_design(m: int, num_samples: int) -> CoalitionDesign:
     if m < 62 and (1 << m) - 2 <= num_samples:
         codes = np.arange(1, (1 << m) - 1, dtype=np.int64)
         masks = ((codes[:, None] >> np.arange(m, dtype=np.int64)) & 1).astype(bool)
         sizes = masks.sum(1)
         weights = np.array([0.0] + [shapley_kernel(m, s) for s in range(1, m)])[sizes]
         masks.setflags(write=False)
-        return _Design(True, masks, weights, ())
+        return CoalitionDesign(True, masks, weights, ())
 
     classes = _pair_classes(m)
     blocks: list[np.ndarray] = []
@@ -181,7 +181,7 @@ def _design(m: int, num_samples: int) -> _Design:
     fixed = np.concatenate(blocks) if blocks else np.zeros((0, m), dtype=bool)
     fixed.setflags(write=False)
     weights = np.concatenate(block_weights) if block_weights else np.zeros(0)
-    return _Design(False, fixed, weights, tuple(sampled))
+    return CoalitionDesign(False, fixed, weights, tuple(sampled))
 
 
 def sample_coalitions(
@@ -202,7 +202,7 @@ def sample_coalitions(
     """
     if m <= 1:
         return np.zeros((0, m), dtype=bool), np.zeros(0), True
-    design = _design(m, num_samples)
+    design = coalition_design(m, num_samples)
     if not design.sampled:
         return design.fixed_masks, design.fixed_weights / design.fixed_weights.sum(), design.exact
     # Small classes (or most of one wanted) are picked by index among their listed members;

@@ -31,14 +31,15 @@ the normal equations (well conditioned for Shapley-kernel designs). On 2 cores t
 ~540 rows/s of a 20->16->1 MLP at numSamples 500 with 100 background rows, ~5x stock shap
 (bench/bench_kernel_shap.py).
 
-On a GPU (``XAC_EXPLAIN_DEVICE``, :mod:`include.explainers.device`) the pass buffers, the
-mixing and the background reduction live on the device, passes are sized from its free memory
-(up to 2^21 rows) and run back to back; coalition sampling and the least squares stay on the
-CPU (about 0.7 + 0.15 ms per instance here for 20 features at numSamples 500: the ceiling of
-a GPU run; bench/bench_gpu.py measures it). Large jobs on machines with 4 or more usable CPUs
-draw their coalitions on a pool of worker processes (:func:`coalitions.sample_many`: the same
-draws, since each instance's depend only on its seed); the details record the seconds spent
-sampling, evaluating and solving.
+On a GPU (``XAC_EXPLAIN_DEVICE``, :mod:`include.explainers.device`) the pass buffers, the mixing
+and the background reduction live on the device, passes are sized from its free memory (up to
+2^21 rows) and queued back to back, and the coalitions are drawn and the least squares solved
+there too, a batch of instances per operation (:func:`batched_shapley`,
+:mod:`include.explainers.coalition_batches`): done per instance on the CPU they cost ~0.25-0.7 ms
++ 0.15 ms a row, more than the GPU's evaluations (bench/bench_gpu.py: 462 -> 3,271 rows/s on an
+H100). On the CPU they stay per instance in numpy, bit-identical for a seed; a pool of sampling
+processes is opt-in (``XAC_SAMPLING_WORKERS``, :func:`coalitions.sample_many`: the same draws).
+The details record the seconds spent sampling, evaluating and solving.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from include.explainers.base import (
     run_passes,
 )
 from include.explainers.coalition_batches import MAX_PLAYERS, draw_batch, solve_batch
-from include.explainers.coalitions import _design, sample_many, sampling_workers, solve_constrained
+from include.explainers.coalitions import coalition_design, sample_many, sampling_workers, solve_constrained
 from include.explainers.errors import MethodNotApplicableError, ParameterError
 from include.explainers.params import KERNEL_SHAP
 
@@ -346,7 +347,7 @@ def batched_shapley(
                 phi[i, active[i]] = delta[i]
             exact[group] = True
             continue
-        design = _design(int(players_in_game), num_samples)
+        design = coalition_design(int(players_in_game), num_samples)
         per_batch = batch_instances(
             design.fixed_masks.shape[0] + 2 * sum(c[2] for c in design.sampled), n_players
         )

@@ -14,7 +14,7 @@ from torch import nn
 from include.explainers import kernel_shap
 from include.explainers.base import ExplainedModel, Modality
 from include.explainers.coalition_batches import draw_batch, solve_batch, splitmix64
-from include.explainers.coalitions import _design, sample_coalitions, solve_constrained
+from include.explainers.coalitions import coalition_design, sample_coalitions, solve_constrained
 from include.explainers.kernel_shap import EXPLAINER
 from include.explainers.params import normalise_params
 
@@ -66,7 +66,7 @@ def test_each_class_is_sampled_uniformly_without_replacement(size: int) -> None:
     of its 10 pairs (canonical member: the one holding player 0). Every pair of a class must
     be equally likely: 4000 instances, chi-square against uniform."""
     m = 6
-    klass = next(c for c in _design(m, 20).sampled if c[0] == size)
+    klass = next(c for c in coalition_design(m, 20).sampled if c[0] == size)
     _, pairs, drawn, _ = klass
     masks, _, _ = draw_batch(m, 20, torch.arange(4000, dtype=torch.int64))
     canonical = masks[:, 0::2].numpy()
