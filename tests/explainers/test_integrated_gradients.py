@@ -221,3 +221,13 @@ def test_adaptive_tolerance_must_be_a_fraction(tolerance: float) -> None:
     params = _ig_params(integrationMethod="gausslegendre_adaptive", completenessTolerance=tolerance)
     with pytest.raises(ParameterError):
         EXPLAINER.explain(model, inputs, background, params, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("most", "tasks", "expected"),
+    [(10, 32, 8), (5, 32, 5), (50, 3, 3), (1, 5, 1), (0, 5, 1), (7, 7, 7), (8, 9, 5)],
+)
+def test_tasks_are_spread_evenly_over_the_passes(most: int, tasks: int, expected: int) -> None:
+    from include.explainers.integrated_gradients import balanced_tasks_per_pass
+
+    assert balanced_tasks_per_pass(most, tasks) == expected
