@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -303,32 +304,39 @@ def batched_route(model: ExplainedModel, active: np.ndarray) -> bool:
     return model.device.type == "cuda" and int(active.sum(1).max(initial=0)) <= MAX_PLAYERS
 
 
-def batched_shapley(
-    model: ExplainedModel,
-    x: torch.Tensor,
-    bg: torch.Tensor,
-    bg_w: np.ndarray,
-    feature_player: np.ndarray,
-    active: np.ndarray,
-    seeds: Sequence[int],
-    num_samples: int,
-    targets: torch.Tensor,
-    delta: np.ndarray,
-    base: np.ndarray,
-    chunk_rows: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+@dataclass
+class ShapleyJob:
+    """What both routes need: the game (model, instances, background, players) and the budget."""
+
+    model: ExplainedModel
+    x: torch.Tensor  # (N, F) flat instances
+    bg: torch.Tensor  # (B, F) background rows the game uses
+    bg_w: np.ndarray  # (B,) their weights
+    feature_player: np.ndarray  # (F,) player of each feature
+    active: np.ndarray  # (N, P) non-dummy players per instance
+    seeds: Sequence[int]  # per instance
+    num_samples: int
+    targets: torch.Tensor  # (N,) explained output column
+    fx: np.ndarray  # (N,) explained output
+    base: np.ndarray  # (N,) its expectation over the background
+    chunk_rows: int  # rows per model pass
+
+
+def batched_shapley(job: ShapleyJob) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Shapley estimates on the model's (GPU) device, a batch of instances per operation
     (:mod:`include.explainers.coalition_batches`); returns (phi, coalitions per instance,
     exact per instance, details). Instances with the same number of non-dummy players are
     batched together."""
+    model, active, num_samples = job.model, job.active, job.num_samples
     device = model.device
     n, n_players = active.shape
     phi = np.zeros((n, n_players))
     coalitions = np.zeros(n, dtype=np.int64)
     exact = np.zeros(n, dtype=bool)
+    delta = job.fx - job.base
     # Seeds are 64-bit patterns: as int64 for torch, the same bits.
-    seeds_t = torch.from_numpy(np.array([s % (1 << 64) for s in seeds], dtype=np.uint64).view(np.int64))
-    delta_t, base_t = torch.from_numpy(delta).to(device), torch.from_numpy(base).to(device)
+    seeds_t = torch.from_numpy(np.array([s % (1 << 64) for s in job.seeds], dtype=np.uint64).view(np.int64))
+    delta_t, base_t = torch.from_numpy(delta).to(device), torch.from_numpy(job.base).to(device)
     clock = {"sampling": 0.0, "evaluation": 0.0, "solve": 0.0}
     passes = 0
     counts = active.sum(1)
@@ -363,14 +371,14 @@ def batched_shapley(
             owner = torch.arange(r, device=device).repeat_interleave(s)
             values, used = pair_values(
                 model,
-                x[rows],
-                bg,
-                bg_w,
-                feature_player,
+                job.x[rows],
+                job.bg,
+                job.bg_w,
+                job.feature_player,
                 plan.view(r * s, n_players),
                 owner,
-                targets[rows],
-                chunk_rows,
+                job.targets[rows],
+                job.chunk_rows,
             )
             passes += used
             since = lap("evaluation", since)
@@ -382,12 +390,54 @@ def batched_shapley(
             exact[rows] = is_exact
     details = {
         "sampled_on": str(device),
+        "sampling_workers": 1,
         "forward_passes": passes,
         "sampling_seconds": clock["sampling"],
         "evaluation_seconds": clock["evaluation"],
         "solve_seconds": clock["solve"],
     }
     return phi, coalitions, exact, details
+
+
+def per_instance_shapley(job: ShapleyJob) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The CPU route: coalitions drawn and solved per instance in numpy (bit-identical for a
+    seed), evaluated in batched passes; returns (phi, coalitions, exact, details)."""
+    n, n_players = job.active.shape
+    plans: list[np.ndarray] = []
+    local: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    exact = np.zeros(n, dtype=bool)
+    clock = time.perf_counter()
+    workers = sampling_workers(n)
+    drawn = sample_many([int(c) for c in job.active.sum(1)], job.num_samples, job.seeds, workers)
+    for i, (masks, weights, is_exact) in enumerate(drawn):
+        players = np.flatnonzero(job.active[i])
+        plan = np.ones((masks.shape[0], n_players), dtype=bool)  # dummies: either value is the same
+        plan[:, players] = masks
+        plans.append(plan)
+        local.append((players, masks, weights))
+        exact[i] = is_exact
+    sampling_seconds = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    values, passes = coalition_values(
+        job.model, job.x, job.bg, job.bg_w, job.feature_player, plans, job.targets, job.chunk_rows
+    )
+    evaluation_seconds = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    phi = np.zeros((n, n_players))
+    for i, (players, masks, weights) in enumerate(local):
+        if len(players):
+            delta = job.fx[i] - job.base[i]
+            phi[i, players] = solve_constrained(masks, weights, values[i] - job.base[i], delta)
+    details = {
+        "sampling_workers": workers,
+        "forward_passes": passes,
+        "sampling_seconds": sampling_seconds,
+        "evaluation_seconds": evaluation_seconds,
+        "solve_seconds": time.perf_counter() - clock,
+    }
+    return phi, np.array([p.shape[0] for p in plans]), exact, details
 
 
 # ----------------------------------------------------------------------------- explainer
@@ -445,26 +495,11 @@ class KernelShapExplainer:
         chunk_rows = model.chunk_rows_for(max_rows)
         if model.device.type == "cpu":
             chunk_rows = min(chunk_rows, cache_pass_rows(model))
-        if batched_route(model, active):
-            phi, coalitions, exact, timing = batched_shapley(
-                model,
-                x,
-                bg,
-                bg_w,
-                feature_player,
-                active,
-                seeds,
-                num_samples,
-                targets,
-                fx - base,
-                base,
-                chunk_rows,
-            )
-            workers = 1
-        else:
-            phi, coalitions, exact, timing, workers = self._per_instance(
-                model, x, bg, bg_w, feature_player, active, seeds, num_samples, targets, fx, base, chunk_rows
-            )
+        job = ShapleyJob(
+            model, x, bg, bg_w, feature_player, active, seeds, num_samples, targets, fx, base, chunk_rows
+        )
+        route = batched_shapley if batched_route(model, active) else per_instance_shapley
+        phi, coalitions, exact, timing = route(job)
         counts = np.bincount(feature_player, minlength=n_players)
         features = phi[:, feature_player] / counts[feature_player]
         resolved = {
@@ -495,62 +530,10 @@ class KernelShapExplainer:
                 "players": n_players,
                 "chunk_rows": chunk_rows,
                 "model_rows_evaluated": int(coalitions.sum() * bg.shape[0]),
-                "sampling_workers": workers,
                 **timing,
                 "seconds": time.perf_counter() - started,
             },
         )
-
-    @staticmethod
-    def _per_instance(
-        model: ExplainedModel,
-        x: torch.Tensor,
-        bg: torch.Tensor,
-        bg_w: np.ndarray,
-        feature_player: np.ndarray,
-        active: np.ndarray,
-        seeds: Sequence[int],
-        num_samples: int,
-        targets: torch.Tensor,
-        fx: np.ndarray,
-        base: np.ndarray,
-        chunk_rows: int,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any], int]:
-        """The CPU route: coalitions drawn and solved per instance in numpy (bit-identical for a
-        seed), evaluated in batched passes; returns (phi, coalitions, exact, details, workers)."""
-        n, n_players = active.shape
-        plans: list[np.ndarray] = []
-        local: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        exact = np.zeros(n, dtype=bool)
-        clock = time.perf_counter()
-        workers = sampling_workers(n)
-        drawn = sample_many([int(c) for c in active.sum(1)], num_samples, seeds, workers)
-        for i, (masks, weights, is_exact) in enumerate(drawn):
-            players = np.flatnonzero(active[i])
-            plan = np.ones((masks.shape[0], n_players), dtype=bool)  # dummies: either value is the same
-            plan[:, players] = masks
-            plans.append(plan)
-            local.append((players, masks, weights))
-            exact[i] = is_exact
-        sampling_seconds = time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        values, passes = coalition_values(model, x, bg, bg_w, feature_player, plans, targets, chunk_rows)
-        evaluation_seconds = time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        phi = np.zeros((n, n_players))
-        for i, (players, masks, weights) in enumerate(local):
-            delta = fx[i] - base[i]
-            if len(players):
-                phi[i, players] = solve_constrained(masks, weights, values[i] - base[i], delta)
-        details = {
-            "forward_passes": passes,
-            "sampling_seconds": sampling_seconds,
-            "evaluation_seconds": evaluation_seconds,
-            "solve_seconds": time.perf_counter() - clock,
-        }
-        return phi, np.array([p.shape[0] for p in plans]), exact, details, workers
 
 
 EXPLAINER = KernelShapExplainer()
