@@ -62,6 +62,7 @@ from include.explainers.base import (
     Attributions,
     ExplainedModel,
     memory_budget_bytes,
+    pow2_ceil,
     pow2_floor,
     run_passes,
 )
@@ -143,6 +144,15 @@ def cuda_pass_rows(model: ExplainedModel, precision: str, channels_last: bool) -
     per_row = max(torch.cuda.max_memory_allocated(device) - before, 1) / CUDA_PROBE_ROWS
     rows = pow2_floor(cuda_memory_budget_bytes(device) / (per_row * CUDA_PASS_HEADROOM))
     return int(min(max(rows, 1), AUTO_BATCH_MAX))
+
+
+def shrinks_last_pass(device: torch.device, compiled: bool) -> bool:
+    """Whether a call's last pass may be smaller than the others: on a GPU without
+    ``torch.compile`` only. The adaptive rule's later rounds refine a few panels each; padded to
+    a full pass they cost a full pass (on the H100, bf16 adaptive IG spent 18 gradient
+    evaluations per image but ran barely faster than 50 fixed steps). A CPU keeps one pass
+    shape per job (results bit-identical across shards), and a compiled graph has one shape."""
+    return device.type == "cuda" and not compiled
 
 
 def balanced_tasks_per_pass(most: int, tasks: int) -> int:
@@ -305,6 +315,9 @@ class PathProblem:
     channels_last: bool
     precision: str = "fp32"  # "fp32" | "bf16" (autocast of the model's forward/backward)
     scores: Callable[..., torch.Tensor] | None = None  # its compiled form; None: model.scores
+    # Whether a call's last, partly filled pass shrinks to a power of two of tasks instead of
+    # being padded to ``per_pass`` (see :func:`shrinks_last_pass`).
+    shrink_last_pass: bool = False
     diff: torch.Tensor = field(init=False)  # x - x' (on the model's device)
 
     def __post_init__(self) -> None:
@@ -321,7 +334,8 @@ def path_gradient_sums(
 
     A task is (instance ``instances[t]``, its k path points). Tasks are packed
     ``problem.per_pass`` per pass, the last pass padded with copies of its last task, so every
-    pass of the job has one shape.
+    pass of the job has one shape (or, with ``problem.shrink_last_pass``, the last pass holds
+    the power of two of tasks that covers what is left).
     Returns ``(T, F)`` float64 sums (gradients w.r.t. the path point, not yet times x - x')
     and the number of passes.
     """
@@ -329,22 +343,25 @@ def path_gradient_sums(
     device = model.device
     n_tasks, k = alphas.shape
     per_pass = problem.per_pass
-    pass_rows = per_pass * k
     n_feat = problem.x.shape[1]
     # Accumulated where the gradients are: no copy back (and, on a GPU, no wait) per pass.
     out = torch.zeros((n_tasks, n_feat), dtype=torch.float64, device=device)
     n_passes = -(-n_tasks // per_pass)
+    left = n_tasks - (n_passes - 1) * per_pass
+    last_size = min(per_pass, pow2_ceil(left)) if problem.shrink_last_pass else per_pass
     alphas_t = torch.from_numpy(alphas).to(device=device, dtype=problem.x.dtype)
     weights_t = torch.from_numpy(weights).to(device)
     scores_fn = problem.scores if problem.scores is not None else model.scores
 
     def run(p: int) -> None:
+        size = last_size if p == n_passes - 1 else per_pass
+        pass_rows = size * k
         start, stop = p * per_pass, min((p + 1) * per_pass, n_tasks)
-        take = np.arange(start, start + per_pass).clip(max=stop - 1)  # pad: repeat the last task
+        take = np.arange(start, start + size).clip(max=stop - 1)  # pad: repeat the last task
         inst = torch.from_numpy(instances[take]).to(device)
         take_t = torch.from_numpy(take).to(device)
         flat = torch.empty((pass_rows, n_feat), dtype=problem.x.dtype, device=device)
-        points = flat.view(per_pass, k, n_feat)
+        points = flat.view(size, k, n_feat)
         # x' + a (x - x'), written in place: (tasks, k, F)
         torch.addcmul(
             problem.base[inst][:, None, :],
@@ -365,7 +382,7 @@ def path_gradient_sums(
                 scores = scores_fn(*inputs)
             explained = scores.to(problem.x.dtype).gather(1, row_targets[:, None]).sum()
             grads = torch.autograd.grad(explained, inputs)
-        grad = torch.cat([g.reshape(pass_rows, -1) for g in grads], dim=1).view(per_pass, k, n_feat)
+        grad = torch.cat([g.reshape(pass_rows, -1) for g in grads], dim=1).view(size, k, n_feat)
         if device.type == "cuda":
             # One batched product in fp32 (k terms each, ~1e-7 relative): the float64
             # multiply-and-sum moved ~10x the gradient's bytes and cost a third of a bf16 pass.
@@ -561,7 +578,15 @@ class IntegratedGradientsExplainer:
             # has (so tiny jobs do not pad to hundreds of copies); from job-wide numbers only.
             per_pass = balanced_tasks_per_pass(internal // nodes, first_round)
             problem = PathProblem(
-                model, flat_x, flat_b, targets, per_pass, channels_last, precision, scores_fn
+                model,
+                flat_x,
+                flat_b,
+                targets,
+                per_pass,
+                channels_last,
+                precision,
+                scores_fn,
+                shrink_last_pass=shrinks_last_pass(model.device, compiled),
             )
             resolved: dict[str, Any] = {
                 "steps": steps,

@@ -231,3 +231,35 @@ def test_tasks_are_spread_evenly_over_the_passes(most: int, tasks: int, expected
     from include.explainers.integrated_gradients import balanced_tasks_per_pass
 
     assert balanced_tasks_per_pass(most, tasks) == expected
+
+
+def test_a_shrunk_last_pass_gives_the_same_attributions_for_less_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The GPU-only shrinking of a call's last pass (forced here on the CPU): the adaptive rule's
+    later rounds evaluate only the tasks they have (to the next power of two), same results."""
+    from include.explainers import integrated_gradients
+
+    model, inputs, background = _conv_case(seed=6, n=16)
+    inputs = tuple(6.0 * t for t in inputs)  # far from the baseline: some panels are refined
+    params = _ig_params(
+        steps=256,
+        integrationMethod="gausslegendre_adaptive",
+        completenessTolerance=1e-5,
+        internalBatchSize=256,
+    )
+    rows: list[int] = []
+    hook = model.module.register_forward_pre_hook(  # gradient passes only (not forward-only checks)
+        lambda module, args: rows.append(args[0].shape[0]) if args[0].requires_grad else None
+    )
+    try:
+        padded = EXPLAINER.explain(model, inputs, background, params, seed=0)
+        padded_rows, rows[:] = sum(rows), []
+        monkeypatch.setattr(integrated_gradients, "shrinks_last_pass", lambda device, compiled: True)
+        shrunk = EXPLAINER.explain(model, inputs, background, params, seed=0)
+        shrunk_rows = sum(rows)
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(shrunk.features, padded.features, rtol=1e-9, atol=1e-12)
+    assert shrunk.details["forward_backward_passes"] == padded.details["forward_backward_passes"]
+    assert shrunk_rows < padded_rows, (shrunk_rows, padded_rows)  # 640 vs 768 rows here
