@@ -122,19 +122,16 @@ def auto_internal_batch_size(model: ExplainedModel) -> int:
     return int(min(max(rows, AUTO_BATCH_MIN), AUTO_BATCH_MAX))
 
 
-def cuda_pass_rows(model: ExplainedModel, precision: str, channels_last: bool) -> int:
+def cuda_pass_rows(model: ExplainedModel, precision: str) -> int:
     """Rows per forward+backward pass on a GPU: what its memory budget holds at the peak memory
-    per row of an eager probe pass (a compiled pass needs no more), a power of two."""
+    per row of an eager probe pass (a compiled pass needs no more), a power of two. Inputs are
+    contiguous there (see :func:`uses_channels_last`)."""
     device = model.device
     torch.cuda.synchronize(device)
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     flat = torch.zeros((CUDA_PROBE_ROWS, model.n_features), dtype=model.dtype, device=device)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    inputs = [
-        t.contiguous(memory_format=layout if t.dim() == 4 else torch.contiguous_format).requires_grad_(True)
-        for t in model.split(flat)
-    ]
+    inputs = [t.contiguous().requires_grad_(True) for t in model.split(flat)]
     with torch.enable_grad():
         with autocast(device, precision):
             scores = model.scores(*inputs)
@@ -557,7 +554,7 @@ class IntegratedGradientsExplainer:
             if requested:
                 internal = int(requested)
             elif model.device.type == "cuda":
-                internal = cuda_pass_rows(model, precision, channels_last)
+                internal = cuda_pass_rows(model, precision)
             else:
                 internal = auto_internal_batch_size(model)
             flat_x, flat_b = model.flatten(inputs).contiguous(), model.flatten(tuple(baselines)).contiguous()
