@@ -266,11 +266,17 @@ def _cgroup_headroom() -> int | None:
     return None
 
 
+def memory_budget_override() -> int | None:
+    """``XAC_EXPLAIN_MEMORY_BUDGET_BYTES``, the budget forced for every device (at least 1 MiB)."""
+    env = os.environ.get("XAC_EXPLAIN_MEMORY_BUDGET_BYTES")
+    return max(int(env), 1 << 20) if env else None
+
+
 def memory_budget_bytes(fraction: float = 0.25, cap: int = 1 << 30) -> int:
     """The working-set budget of one batch: a fraction of the free memory, capped."""
-    env = os.environ.get("XAC_EXPLAIN_MEMORY_BUDGET_BYTES")
-    if env:
-        return max(int(env), 1 << 20)
+    override = memory_budget_override()
+    if override is not None:
+        return override
     return max(min(int(available_memory_bytes() * fraction), cap), 16 << 20)
 
 

@@ -1,9 +1,9 @@
 """KernelSHAP's coalitions and least squares, per instance: numpy only (no torch).
 
-Kept apart from :mod:`include.explainers.kernel_shap` so that a pool of worker processes can
-draw the coalitions of many instances (:func:`sample_many`) without importing torch: on a GPU
-the model evaluations are cheap and the per-instance sampling (~0.7 ms for 20 players at
-numSamples 500 on one core here) becomes the ceiling of a run.
+Kept apart from :mod:`include.explainers.kernel_shap` so that an (opt-in) pool of worker
+processes can draw the coalitions of many instances (:func:`sample_many`) without importing
+torch. This is the CPU route; on a GPU the same design (:func:`coalition_design`) is drawn and
+solved in batches on the device (:mod:`include.explainers.coalition_batches`).
 """
 
 from __future__ import annotations
@@ -122,6 +122,11 @@ class CoalitionDesign:
     fixed_masks: np.ndarray  # (E, m) interleaved z, ~z of the enumerated classes (read-only)
     fixed_weights: np.ndarray  # (E,) unnormalised kernel weight of each
     sampled: tuple[tuple[int, int, int, float], ...]  # (size, pairs in class, pairs drawn, weight)
+
+    @property
+    def coalitions(self) -> int:
+        """Coalitions each instance gets: the enumerated ones and both members of each drawn pair."""
+        return self.fixed_masks.shape[0] + 2 * sum(drawn for _, _, drawn, _ in self.sampled)
 
 
 def _interleave(block: np.ndarray) -> np.ndarray:

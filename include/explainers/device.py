@@ -97,9 +97,11 @@ def cuda_memory_budget_bytes(device: torch.device) -> int:
     (``XAC_EXPLAIN_MEMORY_BUDGET_BYTES`` overrides, as on the CPU)."""
     import torch
 
-    env = os.environ.get("XAC_EXPLAIN_MEMORY_BUDGET_BYTES")
-    if env:
-        return max(int(env), 1 << 20)
+    from include.explainers.base import memory_budget_override
+
+    override = memory_budget_override()
+    if override is not None:
+        return override
     free, _total = torch.cuda.mem_get_info(device)
     # Memory torch's allocator holds but does not use (an earlier job's passes) is free to us too.
     free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)

@@ -356,9 +356,7 @@ def batched_shapley(job: ShapleyJob) -> tuple[np.ndarray, np.ndarray, np.ndarray
             exact[group] = True
             continue
         design = coalition_design(int(players_in_game), num_samples)
-        per_batch = batch_instances(
-            design.fixed_masks.shape[0] + 2 * sum(c[2] for c in design.sampled), n_players
-        )
+        per_batch = batch_instances(design.coalitions, n_players)
         for first in range(0, len(group), per_batch):
             rows = group[first : first + per_batch]
             since = time.perf_counter()
