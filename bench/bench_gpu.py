@@ -296,21 +296,31 @@ def bench_integrated_gradients(
 
         fixed = {"steps": steps, "integrationMethod": "gausslegendre"}
         # The adaptive rule: per image, Gauss-Legendre panels until the completeness gap is within
-        # half the target (bf16 bottoms out near 3e-3), at most `steps` gradient evaluations.
+        # the tolerance, at most `steps` gradient evaluations. Eager bf16 bottoms out near 3e-3
+        # (2.4e-3 max at 50 fixed steps on the H100): half the target. Compiled bf16 bottoms out
+        # higher (6.7e-3 max, 5.0e-3 mean at 50 fixed steps): at 5e-3 half its images could not
+        # converge and spent the whole cap (29.5 evaluations per image, H100, session 4), so it
+        # gets 8e-3, still under the 1e-2 target (a converged image's completeness error is
+        # within its tolerance by construction; one stopped by the cap is measured like the rest).
         adaptive = {
             "steps": steps,
             "integrationMethod": "gausslegendre_adaptive",
             "completenessTolerance": 5e-3,
         }
         # Most telling first: a later variant may be cut by the deadline.
-        variants = {
-            "ours_bf16_compiled": {"precision": "bf16", "compile": True, **fixed},
+        variants = {"ours_bf16_compiled": {"precision": "bf16", "compile": True, **fixed}}
+        if not smoke:  # a second compilation (other pass shape): minutes on a CPU, seconds on the GPU host
+            variants["ours_bf16_compiled_adaptive"] = {
+                "precision": "bf16",
+                "compile": True,
+                **adaptive,
+                "completenessTolerance": 8e-3,
+            }
+        variants |= {
+            "ours_bf16_adaptive": {"precision": "bf16", "compile": False, **adaptive},
             "ours_bf16": {"precision": "bf16", "compile": False, **fixed},
             "ours_fp32": {"precision": "fp32", "compile": False, **fixed},
-            "ours_bf16_adaptive": {"precision": "bf16", "compile": False, **adaptive},
         }
-        if not smoke:  # a second compilation (other pass shape): minutes on a CPU, seconds on the GPU host
-            variants["ours_bf16_compiled_adaptive"] = {"precision": "bf16", "compile": True, **adaptive}
         for name, extra in variants.items():
             if time.perf_counter() > deadline:
                 out[name] = {"skipped": "deadline"}
@@ -359,6 +369,10 @@ def ig_variant(
             if "gradient_evaluations" in result.per_instance
             else float(steps)
         ),
+        # The last timed call: rows through forward+backward (padding included; compiled or eager)
+        # and forward-only checks, and the seconds of each stage.
+        "work": result.details.get("work"),
+        "forward_backward_passes": result.details.get("forward_backward_passes"),
     }
 
 

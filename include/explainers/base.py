@@ -326,6 +326,9 @@ class ExplainedModel:
         # integrated_gradients.compiled_scores) and reused by later calls in the process.
         self.compiled_scores: Callable[..., torch.Tensor] | None = None
         self._row_bytes: int | None = None
+        # Peak GPU bytes per row of a forward+backward pass, by (device, precision): measured
+        # once per process (integrated_gradients.cuda_pass_rows), not once per call.
+        self.cuda_pass_row_bytes: dict[tuple[str, str], float] = {}
 
     @contextlib.contextmanager
     def on_device(self, device: torch.device) -> Iterator[None]:

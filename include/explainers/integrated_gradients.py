@@ -36,10 +36,11 @@ there (both default off, both allowed on the CPU too): ``precision: bf16`` runs 
 forward and backward under bf16 autocast (inputs, path points, gradients and the weighted sums
 stay fp32/fp64; completeness then bottoms out near bf16's resolution, about 1e-3 to 1e-2
 relative, which the fidelity gate measures like any other error) and ``compile: true`` runs
-the explained output through ``torch.compile`` (one graph: every pass of a job has one shape).
-Compilation costs seconds to a minute per process; with ``XAC_COMPILE_CACHE`` (a folder or an
-``s3://`` prefix shared by the shards) the first process saves torch's compiled artifacts and
-the others load them (:func:`compile_cache`).
+the explained output through ``torch.compile`` (one graph, of the job's pass shape; a call's
+shrunk last pass on a GPU runs eager instead of compiling a second shape, see
+:func:`shrinks_last_pass`). Compilation costs seconds to a minute per process; with
+``XAC_COMPILE_CACHE`` (a folder or an ``s3://`` prefix shared by the shards) the first process
+saves torch's compiled artifacts and the others load them (:func:`compile_cache`).
 """
 
 from __future__ import annotations
@@ -123,33 +124,43 @@ def auto_internal_batch_size(model: ExplainedModel) -> int:
 
 
 def cuda_pass_rows(model: ExplainedModel, precision: str) -> int:
-    """Rows per forward+backward pass on a GPU: what its memory budget holds at the peak memory
-    per row of an eager probe pass (a compiled pass needs no more), a power of two. Inputs are
+    """Rows per forward+backward pass on a GPU: what its memory budget (free memory now) holds
+    at the peak memory per row of an eager probe pass (a compiled pass needs no more), a power
+    of two. The probe runs once per model, device and precision in a process. Inputs are
     contiguous there (see :func:`uses_channels_last`)."""
     device = model.device
-    torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    flat = torch.zeros((CUDA_PROBE_ROWS, model.n_features), dtype=model.dtype, device=device)
-    inputs = [t.contiguous().requires_grad_(True) for t in model.split(flat)]
-    with torch.enable_grad():
-        with autocast(device, precision):
-            scores = model.scores(*inputs)
-        grads = torch.autograd.grad(scores.float().sum(), inputs)
-    del grads, scores, inputs, flat
-    torch.cuda.synchronize(device)
-    per_row = max(torch.cuda.max_memory_allocated(device) - before, 1) / CUDA_PROBE_ROWS
+    key = (str(device), precision)
+    per_row = model.cuda_pass_row_bytes.get(key)
+    if per_row is None:
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        flat = torch.zeros((CUDA_PROBE_ROWS, model.n_features), dtype=model.dtype, device=device)
+        inputs = [t.contiguous().requires_grad_(True) for t in model.split(flat)]
+        with torch.enable_grad():
+            with autocast(device, precision):
+                scores = model.scores(*inputs)
+            grads = torch.autograd.grad(scores.float().sum(), inputs)
+        del grads, scores, inputs, flat
+        torch.cuda.synchronize(device)
+        per_row = max(torch.cuda.max_memory_allocated(device) - before, 1) / CUDA_PROBE_ROWS
+        model.cuda_pass_row_bytes[key] = per_row
     rows = pow2_floor(cuda_memory_budget_bytes(device) / (per_row * CUDA_PASS_HEADROOM))
     return int(min(max(rows, 1), AUTO_BATCH_MAX))
 
 
-def shrinks_last_pass(device: torch.device, compiled: bool) -> bool:
-    """Whether a call's last pass may be smaller than the others: on a GPU without
-    ``torch.compile`` only. The adaptive rule's later rounds refine a few panels each; padded to
-    a full pass they cost a full pass (on the H100, bf16 adaptive IG spent 18 gradient
-    evaluations per image but ran barely faster than 50 fixed steps). A CPU keeps one pass
-    shape per job (results bit-identical across shards), and a compiled graph has one shape."""
-    return device.type == "cuda" and not compiled
+def shrinks_last_pass(device: torch.device) -> bool:
+    """Whether a call's last pass may be smaller than the others: on a GPU only. The adaptive
+    rule's later rounds refine a few panels each; padded to a full pass they cost a full pass
+    (on the H100, bf16 adaptive IG spent 18 gradient evaluations per image but ran barely faster
+    than 50 fixed steps). A CPU keeps one pass shape per job (results bit-identical across
+    shards).
+
+    With ``compile: true`` a shrunk pass runs eager: compiling its shape too would cost tens of
+    seconds per shape on ResNet-50, and a dynamic batch dimension would cost the full passes
+    inductor's channels-last layout optimisation, which it skips for convolutions of symbolic
+    shape (``GraphLowering.decide_layout_opt``). Shrunk passes are a call's tail: small."""
+    return device.type == "cuda"
 
 
 def balanced_tasks_per_pass(most: int, tasks: int) -> int:
@@ -194,8 +205,8 @@ def compiled_scores(model: ExplainedModel, enabled: bool) -> Iterator[Callable[.
         yield model.compiled_scores
         return
     with compile_cache(model):
-        # One graph: every pass of a job has the same shape (dynamic=False), and a graph break
-        # would silently fall back to eager for part of the model, so it is refused.
+        # One graph, of the job's full pass shape (dynamic=False; shrunk passes run eager), and
+        # a graph break would silently fall back to eager for part of the model, so it is refused.
         model.compiled_scores = torch.compile(model.scores, dynamic=False, fullgraph=True)
         yield model.compiled_scores
 
@@ -301,6 +312,18 @@ def memory_layout(model: ExplainedModel, channels_last: bool) -> Iterator[None]:
 
 
 @dataclass
+class PassWork:
+    """What a job's gradient passes and forward-only checks cost (reported in ``details``)."""
+
+    passes: int = 0
+    rows: int = 0  # rows through forward+backward, padding included
+    compiled_rows: int = 0  # of which through the compiled graph
+    gradient_seconds: float = 0.0
+    forward_rows: int = 0  # path points evaluated forward only (the adaptive rule's checks)
+    forward_seconds: float = 0.0
+
+
+@dataclass
 class PathProblem:
     """What every pass needs: the model, the flat inputs/baselines, the explained columns."""
 
@@ -316,6 +339,7 @@ class PathProblem:
     # being padded to ``per_pass`` (see :func:`shrinks_last_pass`).
     shrink_last_pass: bool = False
     diff: torch.Tensor = field(init=False)  # x - x' (on the model's device)
+    work: PassWork = field(default_factory=PassWork)
 
     def __post_init__(self) -> None:
         device = self.model.device
@@ -326,16 +350,17 @@ class PathProblem:
 
 def path_gradient_sums(
     problem: PathProblem, instances: np.ndarray, alphas: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, int]:
+) -> np.ndarray:
     """``sum_j weights[t, j] * grad f(x' + alphas[t, j] (x - x'))`` for each task t.
 
     A task is (instance ``instances[t]``, its k path points). Tasks are packed
     ``problem.per_pass`` per pass, the last pass padded with copies of its last task, so every
     pass of the job has one shape (or, with ``problem.shrink_last_pass``, the last pass holds
     the power of two of tasks that covers what is left).
-    Returns ``(T, F)`` float64 sums (gradients w.r.t. the path point, not yet times x - x')
-    and the number of passes.
+    Returns ``(T, F)`` float64 sums (gradients w.r.t. the path point, not yet times x - x');
+    adds the passes, rows and seconds to ``problem.work``.
     """
+    started = time.perf_counter()
     model = problem.model
     device = model.device
     n_tasks, k = alphas.shape
@@ -348,10 +373,13 @@ def path_gradient_sums(
     last_size = min(per_pass, pow2_ceil(left)) if problem.shrink_last_pass else per_pass
     alphas_t = torch.from_numpy(alphas).to(device=device, dtype=problem.x.dtype)
     weights_t = torch.from_numpy(weights).to(device)
-    scores_fn = problem.scores if problem.scores is not None else model.scores
+    compiled_fn = problem.scores if problem.scores is not None else model.scores
 
     def run(p: int) -> None:
         size = last_size if p == n_passes - 1 else per_pass
+        # The compiled graph has the job's pass shape; a shrunk pass runs eager (see
+        # shrinks_last_pass) rather than compile another.
+        scores_fn = compiled_fn if size == per_pass else model.scores
         pass_rows = size * k
         start, stop = p * per_pass, min((p + 1) * per_pass, n_tasks)
         take = np.arange(start, start + size).clip(max=stop - 1)  # pad: repeat the last task
@@ -389,16 +417,26 @@ def path_gradient_sums(
         out[start:stop] = sums[: stop - start]
 
     run_passes(n_passes, run, device)
-    return out.cpu().numpy(), n_passes
+    sums = out.cpu().numpy()  # on a GPU, waits for the passes: the seconds below are theirs
+    work = problem.work
+    work.passes += n_passes
+    work.rows += ((n_passes - 1) * per_pass + last_size) * k
+    if problem.scores is not None:
+        work.compiled_rows += ((n_passes - 1) * per_pass + (last_size if last_size == per_pass else 0)) * k
+    work.gradient_seconds += time.perf_counter() - started
+    return sums
 
 
 def path_values(problem: PathProblem, instances: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     """The explained output at path points ``x' + a (x - x')`` (forward only, fp32), float64."""
+    started = time.perf_counter()
     device = problem.model.device
     index = torch.from_numpy(instances).to(device)
     alphas_t = torch.from_numpy(alphas).to(device=device, dtype=problem.x.dtype)
     points = problem.base[index] + alphas_t[:, None] * problem.diff[index]
     scores = problem.model.evaluate(points, PREDICT_CHUNK_ROWS)
+    problem.work.forward_rows += len(instances)
+    problem.work.forward_seconds += time.perf_counter() - started
     return scores.gather(1, problem.targets[index].cpu()[:, None]).squeeze(1).double().numpy()
 
 
@@ -411,8 +449,8 @@ def adaptive_attributions(
     fb: np.ndarray,
     tolerance: float,
     max_evaluations: int,
-) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
-    """Completeness-checked composite Gauss-Legendre IG; returns (attributions, per-instance, passes).
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Completeness-checked composite Gauss-Legendre IG; returns (attributions, per-instance).
 
     Each instance's path [0, 1] starts as ADAPTIVE_PANELS panels with ADAPTIVE_NODES
     Gauss-Legendre nodes each. For a panel [a, b], completeness holds locally: its attribution
@@ -451,15 +489,13 @@ def adaptive_attributions(
         pending += [(i, edges[j], edges[j + 1]) for j in range(panels)]
     evaluations = np.full(n, nodes * panels)
     converged = np.zeros(n, dtype=bool)
-    passes = 0
     while pending:
         inst = np.array([p[0] for p in pending])
         a = np.array([p[1] for p in pending])
         b = np.array([p[2] for p in pending])
-        sums, used = path_gradient_sums(
+        sums = path_gradient_sums(
             problem, inst, a[:, None] + (b - a)[:, None] * unit_a, (b - a)[:, None] * unit_w
         )
-        passes += used
         completeness = (sums * diff64[inst]).sum(1)
         for t, (i, lo, hi) in enumerate(pending):
             entry = panels_of[i][(lo, hi)]
@@ -498,7 +534,7 @@ def adaptive_attributions(
         "converged": converged,
         "completeness_gap_bound": np.array([sum(e[3] for e in p.values()) for p in panels_of]),
     }
-    return gradients * diff64, per_instance, passes
+    return gradients * diff64, per_instance
 
 
 # ----------------------------------------------------------------------------- explainer
@@ -574,6 +610,7 @@ class IntegratedGradientsExplainer:
             # Tasks per pass: as many as the pass size allows, never more than the whole job
             # has (so tiny jobs do not pad to hundreds of copies); from job-wide numbers only.
             per_pass = balanced_tasks_per_pass(internal // nodes, first_round)
+            setup_seconds = time.perf_counter() - started  # pass sizing, f(x) and f(x')
             problem = PathProblem(
                 model,
                 flat_x,
@@ -582,8 +619,8 @@ class IntegratedGradientsExplainer:
                 per_pass,
                 channels_last,
                 precision,
-                scores_fn,
-                shrink_last_pass=shrinks_last_pass(model.device, compiled),
+                scores_fn if compiled else None,
+                shrink_last_pass=shrinks_last_pass(model.device),
             )
             resolved: dict[str, Any] = {
                 "steps": steps,
@@ -599,12 +636,12 @@ class IntegratedGradientsExplainer:
                 tolerance = DEFAULT_TOLERANCE if requested_tolerance is None else float(requested_tolerance)
                 if not 0.0 < tolerance < 1.0:
                     raise ParameterError(f"completenessTolerance must be in (0, 1), got {tolerance}")
-                features, per_instance, passes = adaptive_attributions(problem, fx, fb, tolerance, steps)
+                features, per_instance = adaptive_attributions(problem, fx, fb, tolerance, steps)
                 resolved["completenessTolerance"] = tolerance
             else:
                 alphas, weights = fixed_rule(method, steps)
                 instances = np.arange(n)
-                sums, passes = path_gradient_sums(
+                sums = path_gradient_sums(
                     problem, instances, np.tile(alphas, (n, 1)), np.tile(weights, (n, 1))
                 )
                 features = sums * problem.diff.double().cpu().numpy()
@@ -624,7 +661,17 @@ class IntegratedGradientsExplainer:
             per_instance=per_instance,
             details={
                 "instances_per_call": per_pass,
-                "forward_backward_passes": passes,
+                "forward_backward_passes": problem.work.passes,
+                # Where the time went (a GPU's figures included: each stage ends in a copy
+                # to the host, which waits for the device).
+                "work": {
+                    "gradient_rows": problem.work.rows,
+                    "compiled_gradient_rows": problem.work.compiled_rows,
+                    "forward_check_rows": problem.work.forward_rows,
+                    "seconds_setup": setup_seconds,
+                    "seconds_gradient_passes": problem.work.gradient_seconds,
+                    "seconds_forward_checks": problem.work.forward_seconds,
+                },
                 "channels_last": channels_last,
                 "device": str(model.device),
                 "requested_internal_batch_size": requested,

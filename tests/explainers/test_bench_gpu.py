@@ -47,6 +47,15 @@ def test_gpu_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         assert ig[variant]["rows_per_second"] > 0, variant
         assert ig[variant]["completeness_error"]["max"] < 0.05, variant
     assert ig["ours_bf16_adaptive"]["gradient_evaluations_mean"] <= ig["steps"]
+    # Each variant says where its time went: rows through the gradient passes (compiled ones
+    # only where compile is on) and the seconds of each stage.
+    for variant in ("ours_fp32", "ours_bf16_compiled"):
+        work = ig[variant]["work"]
+        assert work["gradient_rows"] >= ig["images"] * ig["steps"], variant
+        assert work["seconds_gradient_passes"] > 0, variant
+    assert ig["ours_fp32"]["work"]["compiled_gradient_rows"] == 0
+    compiled = ig["ours_bf16_compiled"]["work"]
+    assert compiled["compiled_gradient_rows"] == compiled["gradient_rows"]
     # Same rule and steps: our fp32 engine and Captum's agree on completeness.
     assert (
         abs(ig["ours_fp32"]["completeness_error"]["max"] - ig["captum_fp32"]["completeness_error"]["max"])

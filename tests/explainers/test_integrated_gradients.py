@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -255,7 +258,7 @@ def test_a_shrunk_last_pass_gives_the_same_attributions_for_less_work(
     try:
         padded = EXPLAINER.explain(model, inputs, background, params, seed=0)
         padded_rows, rows[:] = sum(rows), []
-        monkeypatch.setattr(integrated_gradients, "shrinks_last_pass", lambda device, compiled: True)
+        monkeypatch.setattr(integrated_gradients, "shrinks_last_pass", lambda device: True)
         shrunk = EXPLAINER.explain(model, inputs, background, params, seed=0)
         shrunk_rows = sum(rows)
     finally:
@@ -263,3 +266,70 @@ def test_a_shrunk_last_pass_gives_the_same_attributions_for_less_work(
     np.testing.assert_allclose(shrunk.features, padded.features, rtol=1e-9, atol=1e-12)
     assert shrunk.details["forward_backward_passes"] == padded.details["forward_backward_passes"]
     assert shrunk_rows < padded_rows, (shrunk_rows, padded_rows)  # 640 vs 768 rows here
+    # The work record counts what the hook saw.
+    assert (shrunk.details["work"]["gradient_rows"], padded.details["work"]["gradient_rows"]) == (
+        shrunk_rows,
+        padded_rows,
+    )
+    assert padded.details["work"]["compiled_gradient_rows"] == 0
+    assert padded.details["work"]["forward_check_rows"] > 0
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compiled_passes_keep_one_shape_and_shrunk_passes_run_eager(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With compile, the shrunk last passes (forced here on the CPU) run eager: the compiled graph
+    sees the job's pass shape only (a second shape would recompile: an error here), and the
+    attributions agree with the eager run's."""
+    import torch._dynamo
+
+    from include.explainers import integrated_gradients
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(integrated_gradients, "shrinks_last_pass", lambda device: True)
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    torch._dynamo.reset()
+    model, inputs, background = _conv_case(seed=6, n=16)
+    inputs = tuple(6.0 * t for t in inputs)  # far from the baseline: some panels are refined
+    params = _ig_params(
+        steps=256,
+        integrationMethod="gausslegendre_adaptive",
+        completenessTolerance=1e-5,
+        internalBatchSize=256,
+    )
+    eager = EXPLAINER.explain(model, inputs, background, params, seed=0)
+    compiled = EXPLAINER.explain(model, inputs, background, {**params, "compile": True}, seed=0)
+    work = compiled.details["work"]
+    assert work["gradient_rows"] == eager.details["work"]["gradient_rows"]
+    assert 0 < work["compiled_gradient_rows"] < work["gradient_rows"]
+    np.testing.assert_allclose(compiled.features, eager.features, rtol=1e-4, atol=1e-6)
+
+
+def test_gpu_pass_size_is_probed_once_per_model_and_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU pass size: the budget over (peak bytes per probe row x headroom), a power of two;
+    the probe pass runs once per (device, precision) and later calls reuse its figure. No GPU
+    here: torch.cuda's memory counters are replaced by a ledger the probe's own allocations
+    cannot move, so only the arithmetic and the caching are under test."""
+    from include.explainers import integrated_gradients as ig
+
+    model, _, _ = _conv_case()
+    probes: list[str] = []
+    real_scores = model.scores
+    monkeypatch.setattr(model, "scores", lambda *inputs: (probes.append("probe"), real_scores(*inputs))[1])
+    peak = {"bytes": 0}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1000)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 1000 + peak["bytes"])
+    budget = {"bytes": 10_000_000}
+    monkeypatch.setattr(ig, "cuda_memory_budget_bytes", lambda device: budget["bytes"])
+    peak["bytes"] = ig.CUDA_PROBE_ROWS * 1000  # 1000 bytes per row, x 1.5 headroom
+    assert ig.cuda_pass_rows(model, "fp32") == 4096  # floor_pow2(10e6 / 1500) = 4096
+    assert probes == ["probe"]
+    peak["bytes"] = 0  # a second probe would now measure 1 byte per row
+    budget["bytes"] = 3_000_000  # less free memory: the cached per-row figure meets the new budget
+    assert ig.cuda_pass_rows(model, "fp32") == 1024
+    assert probes == ["probe"]
+    ig.cuda_pass_rows(model, "bf16")  # another precision: probed anew
+    assert probes == ["probe", "probe"]
