@@ -357,8 +357,9 @@ def path_gradient_sums(
     ``problem.per_pass`` per pass, the last pass padded with copies of its last task, so every
     pass of the job has one shape (or, with ``problem.shrink_last_pass``, the last pass holds
     the power of two of tasks that covers what is left).
-    Returns ``(T, F)`` float64 sums (gradients w.r.t. the path point, not yet times x - x');
-    adds the passes, rows and seconds to ``problem.work``.
+    Returns ``(T, F)`` float64 sums (gradients w.r.t. the path point, not yet times x - x')
+    where the model is (on a GPU they stay there: what the caller reduces them to crosses to
+    the host, not the sums); adds the passes, rows and seconds to ``problem.work``.
     """
     started = time.perf_counter()
     model = problem.model
@@ -417,14 +418,36 @@ def path_gradient_sums(
         out[start:stop] = sums[: stop - start]
 
     run_passes(n_passes, run, device)
-    sums = out.cpu().numpy()  # on a GPU, waits for the passes: the seconds below are theirs
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the seconds below are the passes' own
     work = problem.work
     work.passes += n_passes
     work.rows += ((n_passes - 1) * per_pass + last_size) * k
     if problem.scores is not None:
         work.compiled_rows += ((n_passes - 1) * per_pass + (last_size if last_size == per_pass else 0)) * k
     work.gradient_seconds += time.perf_counter() - started
-    return sums
+    return out
+
+
+def row_dots(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """Per-row dot products of two float64 ``(T, F)`` tensors, to the host as ``(T,)``.
+
+    On the CPU numpy's per-row pairwise sums: a row's figure does not depend on the other rows
+    (bit-identical shards), which torch's threaded reductions do not promise. On a GPU where the
+    tensors are: only T figures cross to the host (the sums of 64 ResNet-50 panels are 77 MB,
+    and multiplying them out on the host took longer than the gradient pass behind them).
+    """
+    if a.device.type == "cpu":
+        return (a.numpy() * b.numpy()).sum(1)
+    return (a * b).sum(1).cpu().numpy()
+
+
+def sum_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The element-wise sum of equally shaped rows, in their order (numpy's on the CPU, as
+    :func:`row_dots`)."""
+    if rows[0].device.type == "cpu":
+        return torch.from_numpy(np.sum([row.numpy() for row in rows], axis=0))
+    return torch.stack(list(rows)).sum(0)
 
 
 def path_values(problem: PathProblem, instances: np.ndarray, alphas: np.ndarray) -> np.ndarray:
@@ -471,7 +494,7 @@ def adaptive_attributions(
         nodes, panels = ADAPTIVE_NODES, ADAPTIVE_PANELS
     unit_a, unit_w = gauss_legendre(nodes)
     scale = tolerance * np.maximum(np.abs(fx - fb), EPSILON)
-    diff64 = problem.diff.double().cpu().numpy()
+    diff64 = problem.diff.double()  # where the model is, as the gradient sums
 
     # Per instance: {(a, b): [g(a), g(b), gradient sums (F,), gap]}
     edges = np.linspace(0.0, 1.0, panels + 1)
@@ -496,7 +519,7 @@ def adaptive_attributions(
         sums = path_gradient_sums(
             problem, inst, a[:, None] + (b - a)[:, None] * unit_a, (b - a)[:, None] * unit_w
         )
-        completeness = (sums * diff64[inst]).sum(1)
+        completeness = row_dots(sums, diff64[torch.from_numpy(inst).to(diff64.device)])
         for t, (i, lo, hi) in enumerate(pending):
             entry = panels_of[i][(lo, hi)]
             entry[2] = sums[t]
@@ -525,8 +548,8 @@ def adaptive_attributions(
                 panels_of[i][(lo, mid)] = [g_lo, g, None, 0.0]
                 panels_of[i][(mid, hi)] = [g, g_hi, None, 0.0]
                 pending += [(i, lo, mid), (i, mid, hi)]
-    gradients = np.stack(
-        [np.sum([panels_of[i][key][2] for key in sorted(panels_of[i])], axis=0) for i in range(n)]
+    gradients = torch.stack(
+        [sum_rows([panels_of[i][key][2] for key in sorted(panels_of[i])]) for i in range(n)]
     )
     per_instance = {
         "gradient_evaluations": evaluations,
@@ -534,7 +557,7 @@ def adaptive_attributions(
         "converged": converged,
         "completeness_gap_bound": np.array([sum(e[3] for e in p.values()) for p in panels_of]),
     }
-    return gradients * diff64, per_instance
+    return (gradients * diff64).cpu().numpy(), per_instance
 
 
 # ----------------------------------------------------------------------------- explainer
@@ -644,7 +667,7 @@ class IntegratedGradientsExplainer:
                 sums = path_gradient_sums(
                     problem, instances, np.tile(alphas, (n, 1)), np.tile(weights, (n, 1))
                 )
-                features = sums * problem.diff.double().cpu().numpy()
+                features = (sums * problem.diff.double()).cpu().numpy()
         resolved["internalBatchSize"] = per_pass * nodes
 
         return Attributions(
