@@ -330,6 +330,36 @@ def bench_integrated_gradients(
             except Exception as error:  # one broken variant must not cost the others' figures
                 out[name] = failure(error)
             checkpoint()
+        # One call of the fastest variant under torch.profiler: where a call's time goes, op by op
+        # (what the next change should aim at; a few seconds of device time).
+        timed_variants = {k: v for k, v in out.items() if k in variants and "rows_per_second" in v}
+        if timed_variants and time.perf_counter() <= deadline:
+            fastest = max(timed_variants, key=lambda k: timed_variants[k]["rows_per_second"])
+            try:
+                out["profile"] = profile_call(model, x, variants[fastest], device) | {"variant": fastest}
+            except Exception as error:
+                out["profile"] = failure(error)
+            checkpoint()
+
+
+def profile_call(
+    model: ExplainedModel, x: torch.Tensor, extra: dict[str, Any], device: torch.device
+) -> dict[str, Any]:
+    """One explanation under torch.profiler: the top operators by their own device time (CPU time
+    on a CPU) and by their own CPU time (host overhead), as tables."""
+    from torch.profiler import ProfilerActivity, profile
+
+    params = normalise_params("IntegratedGradients", {"baseline": "zeros", **extra}, has_image=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        seconds, _ = timed(lambda: IG.explain(model, (x,), (x[:1],), params, seed=0), device)
+    averages = prof.key_averages()
+    device_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return {
+        "seconds": seconds,
+        "by_device_time": averages.table(sort_by=device_key, row_limit=25).splitlines(),
+        "by_cpu_time": averages.table(sort_by="self_cpu_time_total", row_limit=25).splitlines(),
+    }
 
 
 def failure(error: BaseException) -> dict[str, str]:

@@ -149,6 +149,18 @@ def cuda_pass_rows(model: ExplainedModel, precision: str) -> int:
     return int(min(max(rows, 1), AUTO_BATCH_MAX))
 
 
+def forward_chunk_rows(model: ExplainedModel, pass_rows: int, rows: int) -> int:
+    """Rows per forward-only chunk (f(x), f(x'), the adaptive rule's checks).
+
+    On the CPU the fixed PREDICT_CHUNK_ROWS (one shape: bit-identical shards). On a GPU the
+    power of two that covers ``rows``, at most a gradient pass's rows (a forward holds less
+    than a forward+backward): 32 images' f(x) and f(x') go through one 64-row forward instead
+    of two padded ones, a few refined panels' midpoints through a few rows instead of 64."""
+    if model.device.type != "cuda":
+        return PREDICT_CHUNK_ROWS
+    return min(pow2_ceil(rows), pow2_floor(pass_rows))
+
+
 def shrinks_last_pass(device: torch.device) -> bool:
     """Whether a call's last pass may be smaller than the others: on a GPU only. The adaptive
     rule's later rounds refine a few panels each; padded to a full pass they cost a full pass
@@ -338,6 +350,7 @@ class PathProblem:
     # Whether a call's last, partly filled pass shrinks to a power of two of tasks instead of
     # being padded to ``per_pass`` (see :func:`shrinks_last_pass`).
     shrink_last_pass: bool = False
+    pass_rows: int = PREDICT_CHUNK_ROWS  # rows of a gradient pass: bounds forward-only chunks
     diff: torch.Tensor = field(init=False)  # x - x' (on the model's device)
     work: PassWork = field(default_factory=PassWork)
 
@@ -457,7 +470,9 @@ def path_values(problem: PathProblem, instances: np.ndarray, alphas: np.ndarray)
     index = torch.from_numpy(instances).to(device)
     alphas_t = torch.from_numpy(alphas).to(device=device, dtype=problem.x.dtype)
     points = problem.base[index] + alphas_t[:, None] * problem.diff[index]
-    scores = problem.model.evaluate(points, PREDICT_CHUNK_ROWS)
+    scores = problem.model.evaluate(
+        points, forward_chunk_rows(problem.model, problem.pass_rows, len(instances))
+    )
     problem.work.forward_rows += len(instances)
     problem.work.forward_seconds += time.perf_counter() - started
     return scores.gather(1, problem.targets[index].cpu()[:, None]).squeeze(1).double().numpy()
@@ -617,16 +632,15 @@ class IntegratedGradientsExplainer:
             else:
                 internal = auto_internal_batch_size(model)
             flat_x, flat_b = model.flatten(inputs).contiguous(), model.flatten(tuple(baselines)).contiguous()
-            scores = model.evaluate(flat_x, PREDICT_CHUNK_ROWS)
+            if model.device.type == "cuda":  # one forward for both (see forward_chunk_rows)
+                both = model.evaluate(torch.cat([flat_x, flat_b]), forward_chunk_rows(model, internal, 2 * n))
+                scores, baseline_scores = both[:n], both[n:]
+            else:
+                scores = model.evaluate(flat_x, PREDICT_CHUNK_ROWS)
+                baseline_scores = model.evaluate(flat_b, PREDICT_CHUNK_ROWS)
             targets = model.targets(scores)
             fx = scores.gather(1, targets[:, None]).squeeze(1).double().numpy()
-            fb = (
-                model.evaluate(flat_b, PREDICT_CHUNK_ROWS)
-                .gather(1, targets[:, None])
-                .squeeze(1)
-                .double()
-                .numpy()
-            )
+            fb = baseline_scores.gather(1, targets[:, None]).squeeze(1).double().numpy()
             adaptive = method == ADAPTIVE
             nodes = ADAPTIVE_NODES if adaptive and steps >= ADAPTIVE_NODES * ADAPTIVE_PANELS else steps
             first_round = (n_global or n) * (ADAPTIVE_PANELS if adaptive else 1)
@@ -644,6 +658,7 @@ class IntegratedGradientsExplainer:
                 precision,
                 scores_fn if compiled else None,
                 shrink_last_pass=shrinks_last_pass(model.device),
+                pass_rows=internal,
             )
             resolved: dict[str, Any] = {
                 "steps": steps,

@@ -54,6 +54,8 @@ def test_gpu_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         assert work["gradient_rows"] >= ig["images"] * ig["steps"], variant
         assert work["seconds_gradient_passes"] > 0, variant
     assert ig["ours_fp32"]["work"]["compiled_gradient_rows"] == 0
+    assert ig["profile"]["variant"].startswith("ours_") and ig["profile"]["seconds"] > 0
+    assert any("aten::" in line for line in ig["profile"]["by_cpu_time"])
     compiled = ig["ours_bf16_compiled"]["work"]
     assert compiled["compiled_gradient_rows"] == compiled["gradient_rows"]
     # Same rule and steps: our fp32 engine and Captum's agree on completeness.

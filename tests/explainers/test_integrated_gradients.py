@@ -333,3 +333,17 @@ def test_gpu_pass_size_is_probed_once_per_model_and_precision(monkeypatch: pytes
     assert probes == ["probe"]
     ig.cuda_pass_rows(model, "bf16")  # another precision: probed anew
     assert probes == ["probe", "probe"]
+
+
+def test_forward_only_chunks_are_fixed_on_the_cpu_and_fitted_on_a_gpu() -> None:
+    """f(x), f(x') and the adaptive rule's checks: PREDICT_CHUNK_ROWS rows per chunk on the CPU
+    (one shape: bit-identical shards); on a GPU the power of two covering what is there, at
+    most a gradient pass's rows (no GPU is needed: only the device's type is read)."""
+    from include.explainers.base import PREDICT_CHUNK_ROWS
+    from include.explainers.integrated_gradients import forward_chunk_rows
+
+    model, _, _ = _conv_case()
+    assert [forward_chunk_rows(model, 512, rows) for rows in (3, 64, 1000)] == [PREDICT_CHUNK_ROWS] * 3
+    model.device = torch.device("cuda")
+    assert [forward_chunk_rows(model, 512, rows) for rows in (1, 3, 64, 65, 1000)] == [1, 4, 64, 128, 512]
+    assert forward_chunk_rows(model, 400, 1000) == 256  # a pass of 400 rows: chunks of 256
