@@ -54,6 +54,8 @@ def test_gpu_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         assert work["gradient_rows"] >= ig["images"] * ig["steps"], variant
         assert work["seconds_gradient_passes"] > 0, variant
     assert ig["ours_fp32"]["work"]["compiled_gradient_rows"] == 0
+    assert ig["captum_fp32_no_tf32"]["rows_per_second"] > 0
+    assert ig["ours_fp32"]["speedup_vs_captum_fp32_no_tf32"] > 0
     assert ig["profile"]["variant"].startswith("ours_") and ig["profile"]["seconds"] > 0
     assert any("aten::" in line for line in ig["profile"]["by_cpu_time"])
     compiled = ig["ours_bf16_compiled"]["work"]
