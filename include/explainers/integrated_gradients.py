@@ -363,7 +363,7 @@ class PathProblem:
 
 def path_gradient_sums(
     problem: PathProblem, instances: np.ndarray, alphas: np.ndarray, weights: np.ndarray
-) -> np.ndarray:
+) -> torch.Tensor:
     """``sum_j weights[t, j] * grad f(x' + alphas[t, j] (x - x'))`` for each task t.
 
     A task is (instance ``instances[t]``, its k path points). Tasks are packed
@@ -647,7 +647,7 @@ class IntegratedGradientsExplainer:
             # Tasks per pass: as many as the pass size allows, never more than the whole job
             # has (so tiny jobs do not pad to hundreds of copies); from job-wide numbers only.
             per_pass = balanced_tasks_per_pass(internal // nodes, first_round)
-            setup_seconds = time.perf_counter() - started  # pass sizing, f(x) and f(x')
+            setup_seconds = time.perf_counter() - started  # compile cache, pass sizing, f(x), f(x')
             problem = PathProblem(
                 model,
                 flat_x,
