@@ -236,13 +236,8 @@ def test_tasks_are_spread_evenly_over_the_passes(most: int, tasks: int, expected
     assert balanced_tasks_per_pass(most, tasks) == expected
 
 
-def test_a_shrunk_last_pass_gives_the_same_attributions_for_less_work(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The GPU-only shrinking of a call's last pass (forced here on the CPU): the adaptive rule's
-    later rounds evaluate only the tasks they have (to the next power of two), same results."""
-    from include.explainers import integrated_gradients
-
+def _refined_adaptive_case() -> tuple[ExplainedModel, tuple, tuple, dict]:
+    """An adaptive job whose later rounds refine a few panels (calls with a partly filled pass)."""
     model, inputs, background = _conv_case(seed=6, n=16)
     inputs = tuple(6.0 * t for t in inputs)  # far from the baseline: some panels are refined
     params = _ig_params(
@@ -251,6 +246,17 @@ def test_a_shrunk_last_pass_gives_the_same_attributions_for_less_work(
         completenessTolerance=1e-5,
         internalBatchSize=256,
     )
+    return model, inputs, background, params
+
+
+def test_a_shrunk_last_pass_gives_the_same_attributions_for_less_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The GPU-only shrinking of a call's last pass (forced here on the CPU): the adaptive rule's
+    later rounds evaluate only the tasks they have (to the next power of two), same results."""
+    from include.explainers import integrated_gradients
+
+    model, inputs, background, params = _refined_adaptive_case()
     rows: list[int] = []
     hook = model.module.register_forward_pre_hook(  # gradient passes only (not forward-only checks)
         lambda module, args: rows.append(args[0].shape[0]) if args[0].requires_grad else None
@@ -290,14 +296,7 @@ def test_compiled_passes_keep_one_shape_and_shrunk_passes_run_eager(
     monkeypatch.setattr(integrated_gradients, "shrinks_last_pass", lambda device: True)
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     torch._dynamo.reset()
-    model, inputs, background = _conv_case(seed=6, n=16)
-    inputs = tuple(6.0 * t for t in inputs)  # far from the baseline: some panels are refined
-    params = _ig_params(
-        steps=256,
-        integrationMethod="gausslegendre_adaptive",
-        completenessTolerance=1e-5,
-        internalBatchSize=256,
-    )
+    model, inputs, background, params = _refined_adaptive_case()
     eager = EXPLAINER.explain(model, inputs, background, params, seed=0)
     compiled = EXPLAINER.explain(model, inputs, background, {**params, "compile": True}, seed=0)
     work = compiled.details["work"]
