@@ -31,6 +31,7 @@ see README "GPU benchmark"):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -39,7 +40,7 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,9 @@ SEED = 20261127
 KERNEL_SHAP_TARGET_ROWS_PER_S = 3000.0
 IG_TARGET_SPEEDUP = 4.0
 IG_TARGET_ERROR = 0.01
+# A variant's inductor options (bench-only key, not an IG parameter); NCHW: no channels-last.
+INDUCTOR = "_inductor"
+NCHW = {"layout_optimization": False}
 
 
 def sync(device: torch.device) -> None:
@@ -326,16 +330,18 @@ def bench_integrated_gradients(
             "integrationMethod": "gausslegendre_adaptive",
             "completenessTolerance": 5e-3,
         }
-        # Most telling first: a later variant may be cut by the deadline.
+        # Most telling first: a later variant may be cut by the deadline. Inductor turns
+        # convolutional graphs channels-last (layout optimisation), while eager channels-last was
+        # 20-25 % slower on the H100 (gpu_ig_probe.json) and compiled bf16 lost accuracy against
+        # eager bf16 (6.7e-3 vs 2.4e-3 max error at 50 steps): the "_nchw" variants compile the
+        # same graphs in the contiguous layout, to see which layout serves IG.
+        compiled_adaptive = {"precision": "bf16", "compile": True, **adaptive, "completenessTolerance": 8e-3}
         variants = {"ours_bf16_compiled": {"precision": "bf16", "compile": True, **fixed}}
-        if not smoke:  # a second compilation (other pass shape): minutes on a CPU, seconds on the GPU host
-            variants["ours_bf16_compiled_adaptive"] = {
-                "precision": "bf16",
-                "compile": True,
-                **adaptive,
-                "completenessTolerance": 8e-3,
-            }
+        if not smoke:  # more compilations (other shapes, options): minutes on a CPU, seconds on the GPU host
+            variants["ours_bf16_compiled_adaptive"] = compiled_adaptive
+            variants["ours_bf16_compiled_adaptive_nchw"] = {**compiled_adaptive, INDUCTOR: NCHW}
         variants |= {
+            "ours_bf16_compiled_nchw": {"precision": "bf16", "compile": True, **fixed, INDUCTOR: NCHW},
             "ours_bf16_adaptive": {"precision": "bf16", "compile": False, **adaptive},
             "ours_bf16": {"precision": "bf16", "compile": False, **fixed},
             "ours_fp32": {"precision": "fp32", "compile": False, **fixed},
@@ -361,6 +367,37 @@ def bench_integrated_gradients(
             checkpoint()
 
 
+def ig_params(extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A variant's IG parameters (normalised) and its inductor options (a bench-only key)."""
+    extra = dict(extra)
+    inductor = extra.pop(INDUCTOR, {})
+    return normalise_params("IntegratedGradients", {"baseline": "zeros", **extra}, has_image=True), inductor
+
+
+@contextlib.contextmanager
+def inductor_options(model: ExplainedModel, options: dict[str, Any]) -> Iterator[None]:
+    """The variant's graphs compiled with these inductor options: a compiled function of its own
+    in the slot where the runtime keeps the model's one (made with the default options: put back
+    after, recompiling when next called, from torch's on-disk cache where it has one)."""
+    if not options:
+        yield
+        return
+    import torch._dynamo
+
+    # Dynamo keeps compiled code per function, whatever torch.compile call made it: without a
+    # reset the variant would run the default options' graph of the same shape, and later
+    # variants this one's. The options go to torch.compile itself: a patched inductor config
+    # was not seen by a compilation in another thread (the CPU's pass workers, torch 2.13).
+    default_compiled = model.compiled_scores
+    torch._dynamo.reset()
+    model.compiled_scores = torch.compile(model.scores, dynamic=False, fullgraph=True, options=options)
+    try:
+        yield
+    finally:
+        torch._dynamo.reset()
+        model.compiled_scores = default_compiled
+
+
 def profile_call(
     model: ExplainedModel, x: torch.Tensor, extra: dict[str, Any], device: torch.device
 ) -> dict[str, Any]:
@@ -368,10 +405,12 @@ def profile_call(
     on a CPU) and by their own CPU time (host overhead), as tables."""
     from torch.profiler import ProfilerActivity, profile
 
-    params = normalise_params("IntegratedGradients", {"baseline": "zeros", **extra}, has_image=True)
+    params, inductor = ig_params(extra)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        seconds, _ = timed(lambda: IG.explain(model, (x,), (x[:1],), params, seed=0), device)
+    with inductor_options(model, inductor):
+        IG.explain(model, (x,), (x[:1],), params, seed=0)  # compiles outside the profile
+        with profile(activities=activities) as prof:
+            seconds, _ = timed(lambda: IG.explain(model, (x,), (x[:1],), params, seed=0), device)
     averages = prof.key_averages()
     device_key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return {
@@ -396,17 +435,27 @@ def ig_variant(
     device: torch.device,
     out: dict[str, Any],
 ) -> dict[str, Any]:
-    params = normalise_params("IntegratedGradients", {"baseline": "zeros", **extra}, has_image=True)
+    from torch._dynamo.utils import counters
+
+    params, inductor = ig_params(extra)
     run = lambda: IG.explain(model, (x,), (x[:1],), params, seed=0)  # noqa: E731
-    first_seconds, _ = timed(run, device)  # includes compilation for the compiled variant
-    rates = []
-    for _ in range(reps):
-        seconds, result = timed(run, device)
-        rates.append(images / seconds)
+    graphs_before = counters["stats"]["unique_graphs"]
+    with inductor_options(model, inductor):
+        first_seconds, _ = timed(run, device)  # includes compilation for the compiled variant
+        graphs_first = counters["stats"]["unique_graphs"]
+        rates = []
+        for _ in range(reps):
+            seconds, result = timed(run, device)
+            rates.append(images / seconds)
     return {
         "rows_per_second": statistics.median(rates),
         "rows_per_second_by_rep": rates,
         "first_call_seconds": first_seconds,
+        # Graphs dynamo compiled in the first call and in the timed ones (which should be none).
+        "graphs_compiled": {
+            "first_call": graphs_first - graphs_before,
+            "timed_calls": counters["stats"]["unique_graphs"] - graphs_first,
+        },
         "completeness_error": completeness(result.features, delta),
         "speedup_vs_captum_fp32": statistics.median(rates) / out["captum_fp32"]["rows_per_second"],
         "speedup_vs_captum_fp32_no_tf32": (

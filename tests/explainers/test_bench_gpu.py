@@ -43,7 +43,14 @@ def test_gpu_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert shap["error_vs_exact"]["ours"] < 1e-9
     assert shap["error_vs_exact"]["shap_l1_reg_false"] < 1e-3
     ig = report["integrated_gradients"]
-    for variant in ("captum_fp32", "ours_fp32", "ours_bf16", "ours_bf16_compiled", "ours_bf16_adaptive"):
+    variants = (
+        "ours_fp32",
+        "ours_bf16",
+        "ours_bf16_compiled",
+        "ours_bf16_compiled_nchw",
+        "ours_bf16_adaptive",
+    )
+    for variant in ("captum_fp32", *variants):
         assert ig[variant]["rows_per_second"] > 0, variant
         assert ig[variant]["completeness_error"]["max"] < 0.05, variant
     assert ig["ours_bf16_adaptive"]["gradient_evaluations_mean"] <= ig["steps"]
@@ -58,6 +65,17 @@ def test_gpu_benchmark_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert ig["ours_fp32"]["speedup_vs_captum_fp32_no_tf32"] > 0
     assert ig["profile"]["variant"].startswith("ours_") and ig["profile"]["seconds"] > 0
     assert any("aten::" in line for line in ig["profile"]["by_cpu_time"])
+    # Each compiled variant compiled its own graphs in its first call (the "_nchw" one too, with
+    # other options: not the default graph from torch's caches) and none while timed.
+    for variant in ("ours_bf16_compiled", "ours_bf16_compiled_nchw"):
+        assert ig[variant]["graphs_compiled"]["first_call"] >= 1, variant
+    timed = [
+        v["graphs_compiled"]["timed_calls"]
+        for v in ig.values()
+        if isinstance(v, dict) and "graphs_compiled" in v
+    ]
+    assert timed and not any(timed), timed
+    assert ig["ours_fp32"]["graphs_compiled"]["first_call"] == 0
     compiled = ig["ours_bf16_compiled"]["work"]
     assert compiled["compiled_gradient_rows"] == compiled["gradient_rows"]
     # Same rule and steps: our fp32 engine and Captum's agree on completeness.
