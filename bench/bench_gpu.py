@@ -62,9 +62,13 @@ SEED = 20261127
 KERNEL_SHAP_TARGET_ROWS_PER_S = 3000.0
 IG_TARGET_SPEEDUP = 4.0
 IG_TARGET_ERROR = 0.01
-# A variant's inductor options (bench-only key, not an IG parameter); NCHW: no channels-last.
+# Bench-only variant settings (not IG parameters): inductor options (NCHW: no channels-last
+# layout optimisation) and the adaptive rule's Gauss-Legendre nodes per panel (the runtime's
+# ADAPTIVE_NODES, 8; 6 took 12 instead of 16 evaluations per row at tolerance 1e-2 on three
+# models in fp32 on the CPU, more at 1e-3).
 INDUCTOR = "_inductor"
 NCHW = {"layout_optimization": False}
+NODES = "_adaptive_nodes"
 
 
 def sync(device: torch.device) -> None:
@@ -339,10 +343,12 @@ def bench_integrated_gradients(
         variants = {"ours_bf16_compiled": {"precision": "bf16", "compile": True, **fixed}}
         if not smoke:  # more compilations (other shapes, options): minutes on a CPU, seconds on the GPU host
             variants["ours_bf16_compiled_adaptive"] = compiled_adaptive
+            variants["ours_bf16_compiled_adaptive_6nodes"] = {**compiled_adaptive, NODES: 6}
             variants["ours_bf16_compiled_adaptive_nchw"] = {**compiled_adaptive, INDUCTOR: NCHW}
         variants |= {
             "ours_bf16_compiled_nchw": {"precision": "bf16", "compile": True, **fixed, INDUCTOR: NCHW},
             "ours_bf16_adaptive": {"precision": "bf16", "compile": False, **adaptive},
+            "ours_bf16_adaptive_6nodes": {"precision": "bf16", "compile": False, **adaptive, NODES: 6},
             "ours_bf16": {"precision": "bf16", "compile": False, **fixed},
             "ours_fp32": {"precision": "fp32", "compile": False, **fixed},
         }
@@ -368,10 +374,25 @@ def bench_integrated_gradients(
 
 
 def ig_params(extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A variant's IG parameters (normalised) and its inductor options (a bench-only key)."""
+    """A variant's IG parameters (normalised) and its bench-only settings (INDUCTOR, NODES)."""
     extra = dict(extra)
-    inductor = extra.pop(INDUCTOR, {})
-    return normalise_params("IntegratedGradients", {"baseline": "zeros", **extra}, has_image=True), inductor
+    settings = {key: extra.pop(key) for key in (INDUCTOR, NODES) if key in extra}
+    return normalise_params("IntegratedGradients", {"baseline": "zeros", **extra}, has_image=True), settings
+
+
+@contextlib.contextmanager
+def variant_settings(model: ExplainedModel, settings: dict[str, Any]) -> Iterator[None]:
+    """A variant's bench-only settings for the duration: its inductor options and its adaptive
+    nodes per panel (the runtime's module constant, put back after)."""
+    from include.explainers import integrated_gradients
+
+    default_nodes = integrated_gradients.ADAPTIVE_NODES
+    integrated_gradients.ADAPTIVE_NODES = settings.get(NODES, default_nodes)
+    try:
+        with inductor_options(model, settings.get(INDUCTOR, {})):
+            yield
+    finally:
+        integrated_gradients.ADAPTIVE_NODES = default_nodes
 
 
 @contextlib.contextmanager
@@ -405,9 +426,9 @@ def profile_call(
     on a CPU) and by their own CPU time (host overhead), as tables."""
     from torch.profiler import ProfilerActivity, profile
 
-    params, inductor = ig_params(extra)
+    params, settings = ig_params(extra)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with inductor_options(model, inductor):
+    with variant_settings(model, settings):
         IG.explain(model, (x,), (x[:1],), params, seed=0)  # compiles outside the profile
         with profile(activities=activities) as prof:
             seconds, _ = timed(lambda: IG.explain(model, (x,), (x[:1],), params, seed=0), device)
@@ -437,10 +458,10 @@ def ig_variant(
 ) -> dict[str, Any]:
     from torch._dynamo.utils import counters
 
-    params, inductor = ig_params(extra)
+    params, settings = ig_params(extra)
     run = lambda: IG.explain(model, (x,), (x[:1],), params, seed=0)  # noqa: E731
     graphs_before = counters["stats"]["unique_graphs"]
-    with inductor_options(model, inductor):
+    with variant_settings(model, settings):
         first_seconds, _ = timed(run, device)  # includes compilation for the compiled variant
         graphs_first = counters["stats"]["unique_graphs"]
         rates = []
@@ -451,6 +472,7 @@ def ig_variant(
         "rows_per_second": statistics.median(rates),
         "rows_per_second_by_rep": rates,
         "first_call_seconds": first_seconds,
+        "bench_settings": settings,
         # Graphs dynamo compiled in the first call and in the timed ones (which should be none).
         "graphs_compiled": {
             "first_call": graphs_first - graphs_before,
