@@ -84,16 +84,19 @@ def _s3_client() -> Any:
     return S3Hook(aws_conn_id="aws_default").get_conn()
 
 
-def _public_key() -> bytes | None:
+def _trusted_keys() -> Any:
+    """The keys of ``XAC_PUBLIC_KEY`` (a PEM, a folder of *.pub.pem or a keyring YAML), else the local
+    signing key's public half; None when there is none."""
+    from include.compliance.keys import load_keyring
     from include.storage import default_public_key_path
 
     path = default_public_key_path()
-    return path.read_bytes() if path.is_file() else None
+    return load_keyring([path]) if path.exists() else None
 
 
 compliance_app = create_app(
     Settings(
-        authenticate=_authenticate, s3_client=_s3_client, public_key_pem=_public_key, login_url=_login_url
+        authenticate=_authenticate, s3_client=_s3_client, trusted_keys=_trusted_keys, login_url=_login_url
     )
 )
 

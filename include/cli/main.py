@@ -16,6 +16,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from include.compliance.keys import Keyring
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
@@ -122,30 +126,37 @@ def _s3():
     return s3_client()
 
 
-def _public_key(path: str | None) -> bytes:
+def _keyring(paths: list[str] | None) -> Keyring:
+    """The trusted keys of ``--public-key`` (repeatable: PEM files, folders of *.pub.pem, keyring
+    YAMLs), else of ``XAC_PUBLIC_KEY``, else the local signing key's public half."""
+    from include.compliance.keys import KeyringError, load_keyring
     from include.storage import default_public_key_path
 
-    key_path = Path(path) if path else default_public_key_path()
-    if not key_path.is_file():
-        raise FileNotFoundError(
-            f"public key {key_path} not found: pass --public-key PATH (the key published beside the bundles)"
+    if paths:
+        return load_keyring(paths)
+    default = default_public_key_path()
+    if not default.exists():
+        raise KeyringError(
+            f"public key {default} not found: pass --public-key PATH (the key published beside the "
+            "bundles; repeat it, or give a folder or a keyring file, for rotated keys)"
         )
-    return key_path.read_bytes()
+    return load_keyring([default])
 
 
 def cmd_bundle_verify(args: argparse.Namespace) -> int:
     from include.compliance import verify_bundle
+    from include.compliance.keys import KeyringError
 
     try:
-        key = _public_key(args.public_key)
-    except FileNotFoundError as exc:
+        keyring = _keyring(args.public_key)
+    except KeyringError as exc:
         print(exc, file=sys.stderr)
         return EXIT_ERROR
     target = args.target
     needs_s3 = target.startswith("s3://") or args.chain
     report = verify_bundle(
         target,
-        public_key_pem=key,
+        keyring=keyring,
         s3_client=_s3() if needs_s3 else None,
         chain=args.chain,
         max_depth=args.max_depth,
@@ -154,14 +165,17 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
         print(f"FAIL {problem}")
     for index, link in enumerate(report.chain):
         status = "ok" if link["ok"] else "FAILED"
-        print(f"chain[{index}] {status} {link['uri']} {link['bundle_id']} created {link['created_at']}")
+        signer = f" key {link['key_id']}" if link.get("key_id") else ""
+        print(
+            f"chain[{index}] {status} {link['uri']} {link['bundle_id']} created {link['created_at']}{signer}"
+        )
     if report.chain and not report.chain_complete:
         print(f"chain: stopped after {args.max_depth} link(s) (--max-depth); older bundles not checked")
     if report.ok:
         walked = f", chain of {len(report.chain)} bundle(s)" if report.chain else ""
         print(
             f"verified: {target} bundle {report.bundle_id} "
-            f"({report.files_checked} files, {report.bytes_checked} bytes{walked})"
+            f"({report.files_checked} files, {report.bytes_checked} bytes{walked}; key {report.key_id})"
         )
         return EXIT_OK
     print(f"NOT verified: {target} ({len(report.problems)} problem(s))")
@@ -304,7 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)
     verify = bundle_sub.add_parser("verify", help="verify a bundle folder or s3:// URI")
     verify.add_argument("target", metavar="PATH_OR_S3_URI")
-    verify.add_argument("--public-key", metavar="PATH")
+    verify.add_argument(
+        "--public-key",
+        action="append",
+        metavar="PATH",
+        help=(
+            "a trusted public key: a PEM file, a folder of *.pub.pem, or a keyring YAML with each key's "
+            "period; repeat for rotated keys (default: $XAC_PUBLIC_KEY, else the local signing key's)"
+        ),
+    )
     verify.add_argument(
         "--chain",
         action="store_true",

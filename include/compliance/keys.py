@@ -11,8 +11,11 @@ import logging
 import os
 import stat
 import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from securesystemslib.signer import CryptoSigner, SSlibKey
@@ -117,3 +120,193 @@ def key_id(signer_or_pem: CryptoSigner | bytes | str) -> str:
     if isinstance(signer_or_pem, bytes | str):
         return str(load_public_key(signer_or_pem).keyid)
     return str(signer_or_pem.public_key.keyid)
+
+
+# --------------------------------------------------------------------------- trusted keys (rotation)
+
+KEYRING_SUFFIXES = (".yaml", ".yml")
+
+
+class KeyringError(ValueError):
+    """A trusted-key source that cannot be used (missing, not a public key, a bad keyring file)."""
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """A public key a verifier trusts, with the period in which it may have signed bundles.
+
+    ``not_before`` / ``not_after`` bound the bundles' signed ``created_at`` (both inclusive, either
+    open): after a rotation the retired key stays trusted for what it signed before its retirement, and
+    anything it "signed" later is refused.
+    """
+
+    key: SSlibKey
+    source: str
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+
+    @property
+    def keyid(self) -> str:
+        return str(self.key.keyid)
+
+    def period_problem(self, created_at: datetime) -> str | None:
+        """Why a bundle created at ``created_at`` may not carry this key's signature, or None."""
+        if self.not_before is not None and created_at < self.not_before:
+            return (
+                f"signed with key {self.keyid}, trusted only for bundles created from "
+                f"{self.not_before.isoformat()} ({self.source}), but the bundle was created "
+                f"{created_at.isoformat()}"
+            )
+        if self.not_after is not None and created_at > self.not_after:
+            return (
+                f"signed with key {self.keyid}, retired for bundles created after "
+                f"{self.not_after.isoformat()} ({self.source}), but the bundle was created "
+                f"{created_at.isoformat()}"
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The public keys a verifier trusts, by key id: what ``xac bundle verify`` checks signatures with.
+
+    One bundle is signed by one key; a model's chain spans every key the deployment has rotated
+    through. Each bundle is verified with the trusted key its envelope names (and only that key),
+    within that key's trusted period.
+    """
+
+    keys: tuple[TrustedKey, ...]
+
+    def __post_init__(self) -> None:
+        seen: dict[str, str] = {}
+        for trusted in self.keys:
+            if trusted.keyid in seen:
+                raise KeyringError(
+                    f"key {trusted.keyid} is given twice ({seen[trusted.keyid]} and {trusted.source})"
+                )
+            seen[trusted.keyid] = trusted.source
+
+    @property
+    def keyids(self) -> list[str]:
+        return [trusted.keyid for trusted in self.keys]
+
+    def get(self, keyid: str) -> TrustedKey | None:
+        return next((trusted for trusted in self.keys if trusted.keyid == keyid), None)
+
+    @classmethod
+    def of(cls, *pems: bytes | str) -> Keyring:
+        """A keyring of PEM public keys, each trusted without a time limit."""
+        return cls(tuple(TrustedKey(load_public_key(pem), f"key {i + 1}") for i, pem in enumerate(pems)))
+
+
+def _timestamp(value: str | None, where: str) -> datetime | None:
+    """ISO 8601 text -> aware datetime; a date alone is midnight UTC, naive timestamps are UTC."""
+    from include.compliance.bundle import parse_timestamp
+
+    if value is None:
+        return None
+    try:
+        return parse_timestamp(value)
+    except ValueError as exc:
+        raise KeyringError(f"{where}: {value!r} is not an ISO 8601 date or timestamp") from exc
+
+
+def _public_key_file(path: Path, source: str) -> SSlibKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyringError(f"{source}: cannot read ({exc.strerror or exc})") from exc
+    if b"PRIVATE KEY" in data:
+        raise KeyringError(f"{source}: holds a private key; give the public key (.pub.pem) to verifiers")
+    try:
+        return load_public_key(data)
+    except Exception as exc:
+        raise KeyringError(f"{source}: not a PEM public key ({type(exc).__name__})") from exc
+
+
+def _keyring_file(path: Path) -> list[TrustedKey]:
+    """A keyring YAML: ``keys: [{publicKey: PATH, notBefore: DATE, notAfter: DATE}, ...]``; paths are
+    relative to the file. Errors name the file, line and field."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KeyringError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise KeyringError(f"{path}: not valid YAML ({exc})") from exc
+
+    def at(node: Any) -> str:
+        return f"{path}:{node.start_mark.line + 1}"
+
+    if not isinstance(root, yaml.MappingNode):
+        raise KeyringError(f"{path}: expected a mapping with a 'keys' list")
+    fields = {k.value: v for k, v in root.value}
+    entries = fields.get("keys")
+    if not isinstance(entries, yaml.SequenceNode) or not entries.value:
+        raise KeyringError(f"{at(root)}: field 'keys': expected a non-empty list of trusted keys")
+    unknown = sorted(set(fields) - {"keys"})
+    if unknown:
+        raise KeyringError(f"{at(root)}: unknown field(s) {', '.join(unknown)} (expected 'keys')")
+    out: list[TrustedKey] = []
+    for index, node in enumerate(entries.value):
+        where = f"{at(node)}: keys[{index}]"
+        if not isinstance(node, yaml.MappingNode):
+            raise KeyringError(f"{where}: expected a mapping with publicKey, notBefore, notAfter")
+        item = {k.value: v for k, v in node.value}
+        unknown = sorted(set(item) - {"publicKey", "notBefore", "notAfter"})
+        if unknown:
+            raise KeyringError(
+                f"{where}: unknown field(s) {', '.join(unknown)} (expected publicKey, notBefore, notAfter)"
+            )
+        key_node = item.get("publicKey")
+        if not isinstance(key_node, yaml.ScalarNode) or not key_node.value:
+            raise KeyringError(f"{where}: field 'publicKey': the path of a PEM public key is required")
+        bounds: dict[str, datetime | None] = {}
+        for name in ("notBefore", "notAfter"):
+            value_node = item.get(name)
+            if value_node is not None and not isinstance(value_node, yaml.ScalarNode):
+                raise KeyringError(f"{at(value_node)}: keys[{index}].{name}: expected a date or timestamp")
+            value = value_node.value if value_node is not None and value_node.value else None
+            bounds[name] = _timestamp(value, f"{at(value_node or node)}: keys[{index}].{name}")
+        if bounds["notBefore"] and bounds["notAfter"] and bounds["notBefore"] > bounds["notAfter"]:
+            raise KeyringError(f"{where}: notBefore is after notAfter")
+        key_path = path.parent / key_node.value
+        source = f"{path}:{key_node.start_mark.line + 1}"
+        out.append(
+            TrustedKey(
+                _public_key_file(key_path, f"{source}: keys[{index}].publicKey {key_node.value}"),
+                source,
+                bounds["notBefore"],
+                bounds["notAfter"],
+            )
+        )
+    return out
+
+
+def load_keyring(sources: Iterable[str | Path]) -> Keyring:
+    """The trusted keys named by ``sources``, each one of:
+
+    * a PEM public key file (trusted without a time limit);
+    * a folder: every ``*.pub.pem`` in it (without a time limit);
+    * a keyring YAML (``.yaml``/``.yml``) listing keys with the period each may have signed in.
+    """
+    keys: list[TrustedKey] = []
+    for raw in sources:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(path.glob("*.pub.pem"))
+            if not found:
+                raise KeyringError(f"{path}: no *.pub.pem public keys in this folder")
+            keys += [TrustedKey(_public_key_file(p, str(p)), str(p)) for p in found]
+        elif path.suffix in KEYRING_SUFFIXES:
+            keys += _keyring_file(path)
+        elif path.is_file():
+            keys.append(TrustedKey(_public_key_file(path, str(path)), str(path)))
+        else:
+            raise KeyringError(f"public key {path} not found")
+    if not keys:
+        raise KeyringError("no trusted public key given")
+    return Keyring(tuple(keys))

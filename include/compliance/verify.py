@@ -45,6 +45,8 @@ from include.compliance.errors import ManifestError, UnsafePathError
 if TYPE_CHECKING:
     from securesystemslib.signer import SSlibKey
 
+    from include.compliance.keys import Keyring, TrustedKey
+
 
 @dataclass
 class VerificationReport:
@@ -101,9 +103,10 @@ def _read_regular(path: Path, label: str, problems: list[str]) -> bytes | None:
 
 
 def _check_signature(
-    statement_raw: bytes, key: SSlibKey | None, problems: list[str], signed_by: list[str]
-) -> dict[str, Any] | None:
-    """Verify the envelope; return the decoded statement (even when the signature fails, for more checks)."""
+    statement_raw: bytes, keyring: Keyring | None, problems: list[str], signed_by: list[str]
+) -> tuple[dict[str, Any] | None, TrustedKey | None]:
+    """Verify the envelope with the trusted key it names; return the decoded statement (even when the
+    signature fails, for more checks) and the key that verified it."""
     from securesystemslib.dsse import Envelope
     from securesystemslib.exceptions import FormatError, VerificationError
 
@@ -111,34 +114,46 @@ def _check_signature(
         envelope = Envelope.from_dict(json.loads(statement_raw.decode("utf-8")))
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, FormatError) as exc:
         problems.append(f"{STATEMENT_NAME}: not a valid DSSE envelope ({type(exc).__name__}: {exc})")
-        return None
+        return None, None
     signed_by.extend(sorted(envelope.signatures))
     if envelope.payload_type != PAYLOAD_TYPE:
         problems.append(
             f"{STATEMENT_NAME}: payloadType {envelope.payload_type!r} (expected {PAYLOAD_TYPE!r})"
         )
-    if key is not None:
+    verified_by: TrustedKey | None = None
+    if keyring is not None:
+        # Only the keys the envelope names are tried: a bundle is verified by its own signer's key.
+        named = [trusted for trusted in map(keyring.get, signed_by) if trusted is not None]
         try:
-            envelope.verify([key], 1)
+            accepted = envelope.verify([trusted.key for trusted in named], 1) if named else {}
         except VerificationError:
-            others = [keyid for keyid in signed_by if keyid != key.keyid]
+            accepted = {}
+        verified_by = next((trusted for trusted in named if trusted.keyid in accepted), None)
+        if verified_by is None:
+            tried = [trusted.keyid for trusted in named] or keyring.keyids
+            others = [keyid for keyid in signed_by if keyid not in tried]
             detail = f" (envelope signed by key {', '.join(others)})" if others else ""
-            problems.append(f"signature does not verify with key {key.keyid}{detail}")
+            if len(tried) == 1:
+                problems.append(f"signature does not verify with key {tried[0]}{detail}")
+            else:
+                problems.append(
+                    f"signature does not verify with any trusted key ({', '.join(tried)}){detail}"
+                )
     try:
         statement = json.loads(envelope.payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         problems.append(f"{STATEMENT_NAME}: payload is not JSON ({exc})")
-        return None
+        return None, verified_by
     if not isinstance(statement, dict):
         problems.append(f"{STATEMENT_NAME}: payload is not a JSON object")
-        return None
+        return None, verified_by
     if statement.get("_type") != STATEMENT_TYPE:
         problems.append(f"statement _type {statement.get('_type')!r} (expected {STATEMENT_TYPE!r})")
     if statement.get("predicateType") != PREDICATE_TYPE:
         problems.append(
             f"statement predicateType {statement.get('predicateType')!r} (expected {PREDICATE_TYPE!r})"
         )
-    return statement
+    return statement, verified_by
 
 
 def _subject_digests(statement: dict[str, Any], problems: list[str]) -> dict[str, str]:
@@ -228,19 +243,29 @@ def _check_files(root: Path, manifest: Manifest, problems: list[str]) -> tuple[i
     return files_checked, bytes_checked
 
 
+def _as_keyring(key: SSlibKey | Keyring | None) -> Keyring | None:
+    from include.compliance.keys import Keyring, TrustedKey
+
+    if key is None or isinstance(key, Keyring):
+        return key
+    return Keyring((TrustedKey(key, "the given public key"),))
+
+
 def _check_signed_manifest(
     manifest_raw: bytes | None,
     statement_raw: bytes | None,
-    key: SSlibKey | None,
+    keyring: Keyring | None,
     report: VerificationReport,
 ) -> Manifest | None:
     """Signature, statement and manifest checks shared by folder and S3 verification."""
     problems = report.problems
-    statement = (
-        _check_signature(statement_raw, key, problems, report.signed_by)
+    statement, verified_by = (
+        _check_signature(statement_raw, keyring, problems, report.signed_by)
         if statement_raw is not None
-        else None
+        else (None, None)
     )
+    if verified_by is not None:
+        report.key_id = verified_by.keyid
     manifest: Manifest | None = None
     if manifest_raw is not None:
         try:
@@ -257,19 +282,25 @@ def _check_signed_manifest(
             )
         if statement is not None:
             _compare_subjects(manifest, hashlib.sha256(manifest.raw).hexdigest(), statement, problems)
+        if verified_by is not None:
+            # created_at is inside the signed manifest, so the key's period is judged on signed data.
+            period = verified_by.period_problem(manifest.created_at_datetime)
+            if period is not None:
+                problems.append(period)
     return manifest
 
 
-def verify_directory(root: Path, key: SSlibKey | None) -> VerificationReport:
-    """Verify a local bundle folder; ``key=None`` skips only the signature check (used before publishing)."""
+def verify_directory(root: Path, key: SSlibKey | Keyring | None) -> VerificationReport:
+    """Verify a local bundle folder with a key or a keyring of trusted keys; ``key=None`` skips only
+    the signature check (used before publishing)."""
     root = Path(root)
+    keyring = _as_keyring(key)
     report = VerificationReport(
         ok=False,
         problems=[],
         bundle_id=None,
         files_checked=0,
         bytes_checked=0,
-        key_id=key.keyid if key is not None else None,
         source=str(root),
     )
     if not root.is_dir():
@@ -278,7 +309,7 @@ def verify_directory(root: Path, key: SSlibKey | None) -> VerificationReport:
     root = root.resolve()
     manifest_raw = _read_regular(root / MANIFEST_NAME, MANIFEST_NAME, report.problems)
     statement_raw = _read_regular(root / STATEMENT_NAME, STATEMENT_NAME, report.problems)
-    manifest = _check_signed_manifest(manifest_raw, statement_raw, key, report)
+    manifest = _check_signed_manifest(manifest_raw, statement_raw, keyring, report)
     if manifest is not None:
         report.files_checked, report.bytes_checked = _check_files(root, manifest, report.problems)
     report.ok = not report.problems
@@ -442,7 +473,7 @@ def _extra_s3_objects(s3_client: Any, bucket: str, prefix: str, manifest: Manife
 def _verify_s3(
     s3_client: Any,
     uri: str,
-    key: SSlibKey,
+    keyring: Keyring,
     *,
     workers: int = VERIFY_WORKERS,
     range_threshold: int = RANGE_THRESHOLD,
@@ -451,7 +482,7 @@ def _verify_s3(
     """Verify an ``s3://`` bundle without writing it to disk: objects are hashed as they stream in."""
     from include.compliance.store import _get_bytes, _safe_targets, parse_s3_uri
 
-    report = VerificationReport(False, [], None, 0, 0, key.keyid, uri)
+    report = VerificationReport(False, [], None, 0, 0, None, uri)
     bucket, prefix = parse_s3_uri(uri)
     if not prefix:
         raise ValueError(f"{uri}: a bundle URI needs a prefix")
@@ -473,7 +504,7 @@ def _verify_s3(
     except UnsafePathError as exc:
         report.problems.extend(exc.problems)
         return report, None
-    manifest = _check_signed_manifest(manifest_raw, statement_raw, key, report)
+    manifest = _check_signed_manifest(manifest_raw, statement_raw, keyring, report)
     if manifest is not None:
         report.files_checked, report.bytes_checked = _check_s3_files(
             s3_client,
@@ -533,7 +564,7 @@ def _walk_chain(
     s3_client: Any,
     head: Manifest,
     head_source: str,
-    key: SSlibKey,
+    keyring: Keyring,
     report: VerificationReport,
     *,
     max_depth: int | None,
@@ -556,6 +587,7 @@ def _walk_chain(
             "uri": head_source,
             "bundle_id": head.bundle_id,
             "created_at": head.created_at,
+            "key_id": report.key_id,
             "ok": not report.problems,
         }
     )
@@ -577,12 +609,13 @@ def _walk_chain(
             report.problems.append(f"{where}: the chain loops back to a bundle already walked")
             return
         seen.add(uri.rstrip("/"))
-        previous_report, previous = _verify_s3(s3_client, uri, key, **s3_options)
+        previous_report, previous = _verify_s3(s3_client, uri, keyring, **s3_options)
         report.chain.append(
             {
                 "uri": uri,
                 "bundle_id": previous_report.bundle_id,
                 "created_at": previous.created_at if previous else None,
+                "key_id": previous_report.key_id,
                 "ok": previous_report.ok,
             }
         )
@@ -620,7 +653,8 @@ def _walk_chain(
 def verify_bundle(
     path_or_uri: str | Path,
     *,
-    public_key_pem: bytes | str,
+    public_key_pem: bytes | str | None = None,
+    keyring: Keyring | None = None,
     s3_client: Any | None = None,
     chain: bool = False,
     max_depth: int | None = None,
@@ -628,7 +662,10 @@ def verify_bundle(
     range_threshold: int = RANGE_THRESHOLD,
     part_size: int = PART_SIZE,
 ) -> VerificationReport:
-    """Verify a bundle folder or an ``s3://bucket/prefix/`` bundle against a public key PEM.
+    """Verify a bundle folder or an ``s3://bucket/prefix/`` bundle against a public key PEM, or against
+    a ``keyring`` of trusted keys (:func:`include.compliance.keys.load_keyring`): after key rotations a
+    chain holds bundles signed by several keys, and each is verified with the one it names, within that
+    key's trusted period. ``report.key_id`` (and each chain entry's ``key_id``) is the verifying key.
 
     An ``s3://`` bundle is verified in place: objects are hashed as they download, several at a time,
     large ones as parallel ranged GETs; nothing is written to disk. Its direct chain link (the previous
@@ -636,9 +673,11 @@ def verify_bundle(
     verified too, back to the model's first bundle (or ``max_depth`` links); this needs ``s3_client``
     also for a local folder, whose link points into S3.
     """
-    from include.compliance.keys import load_public_key
+    from include.compliance.keys import Keyring
 
-    key = load_public_key(public_key_pem)
+    if (public_key_pem is None) == (keyring is None):
+        raise ValueError("verify_bundle needs exactly one of public_key_pem and keyring")
+    key = keyring if keyring is not None else Keyring.of(public_key_pem or b"")
     source = str(path_or_uri)
     s3_options = {"workers": workers, "range_threshold": range_threshold, "part_size": part_size}
     if source.startswith("s3://"):

@@ -34,6 +34,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from include.compliance.keys import Keyring, KeyringError
 from include.compliance_ui.catalog import (
     BundleRow,
     Verification,
@@ -80,8 +81,8 @@ Authenticate = Callable[[Request], Awaitable[Principal]]
 class Settings:
     authenticate: Authenticate
     s3_client: Callable[[], Any]
-    # Bytes of the PEM public key that bundles must be signed with, or None when none is configured.
-    public_key_pem: Callable[[], bytes | None]
+    # The keys bundles may be signed with (several after rotations), or None when none is configured.
+    trusted_keys: Callable[[], Keyring | None]
     locations: Callable[[], dict[str, list[str]]] = bundle_locations
     login_url: Callable[[str], str] | None = None
     presign_expires_seconds: int = 3600
@@ -293,10 +294,10 @@ def create_app(settings: Settings) -> FastAPI:
     async def _forbidden(request: Request, exc: Forbidden) -> Response:
         return JSONResponse({"detail": str(exc) or "Forbidden"}, status_code=403)
 
-    def _key() -> bytes | None:
+    def _key() -> Keyring | None:
         try:
-            return settings.public_key_pem()
-        except OSError:
+            return settings.trusted_keys()
+        except (OSError, KeyringError):
             return None
 
     def _visible_rows(user: Principal) -> list[BundleRow]:
@@ -331,8 +332,8 @@ def create_app(settings: Settings) -> FastAPI:
                 if results[r.uri] is None:
                     results[r.uri] = _verify(r.uri, r.bundle_id)
         key_note = (
-            f"Bundles are verified against the configured public key (sha256 "
-            f"{hashlib.sha256(key).hexdigest()[:12]})."
+            f"Bundles are verified against the configured trusted key(s) "
+            f"({', '.join(keyid[:12] for keyid in key.keyids)})."
             if key
             else "No trusted public key is configured (XAC_PUBLIC_KEY): bundles cannot be verified here."
         )

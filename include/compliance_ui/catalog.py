@@ -14,7 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from include.compliance.keys import Keyring
 
 
 @dataclass(frozen=True)
@@ -197,11 +200,11 @@ class VerificationCache:
             return None
         return found
 
-    def verify(self, s3_client: Any, uri: str, bundle_id: str | None, public_key_pem: bytes) -> Verification:
+    def verify(self, s3_client: Any, uri: str, bundle_id: str | None, keyring: Keyring) -> Verification:
         from include.compliance import verify_bundle
 
         began = time.perf_counter()
-        report = verify_bundle(uri, public_key_pem=public_key_pem, s3_client=s3_client)
+        report = verify_bundle(uri, keyring=keyring, s3_client=s3_client)
         problems = list(report.problems)
         if bundle_id is not None and report.bundle_id not in (None, bundle_id):
             problems.append(f"listed as {bundle_id} but verified {report.bundle_id}: changed while listing")
