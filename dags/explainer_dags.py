@@ -204,7 +204,87 @@ def _explainer_pod_operator() -> type:
     class ExplainerPodOperator(KubernetesPodOperator):
         template_fields: tuple[str, ...] = ()
 
+        def execute(self, context: Any) -> Any:
+            # Deferrable mode leaves here by TaskDeferred (a BaseException) and resumes in
+            # trigger_reentry; sync mode runs the pod to its end here.
+            try:
+                result = super().execute(context)
+            except Exception:
+                self._record_if_vanished(context)
+                raise
+            self._record_if_vanished(context)
+            return result
+
+        def _record_if_vanished(self, context: Any) -> None:
+            pod = getattr(self, "pod", None)
+            if pod is not None and pod.metadata is not None:
+                _record_vanished_pod(self, context, pod.metadata.name, pod.metadata.namespace)
+
+        def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
+            try:
+                result = super().trigger_reentry(context, event)
+            except Exception:
+                _record_vanished_pod(self, context, event.get("name"), event.get("namespace"))
+                raise
+            # A pod garbage-collected before re-entry ends the try as a success, unrecorded.
+            _record_vanished_pod(self, context, event.get("name"), event.get("namespace"))
+            return result
+
     return ExplainerPodOperator
+
+
+def _record_vanished_pod(operator: Any, context: Any, name: str | None, namespace: str | None) -> None:
+    """Bill a pod that was deleted before the completion callback could save it (see
+    ``include.orchestration.shards.vanished_pod_record``). Never raises: the try's own outcome stands."""
+    if getattr(operator, "_xac_pod_recorded", False) or not name or not namespace:
+        return
+    try:
+        from datetime import UTC
+
+        from kubernetes.client.exceptions import ApiException
+
+        from include.orchestration.shards import record_finished_pod, vanished_pod_record
+
+        client = operator.client
+        try:
+            client.read_namespaced_pod(name, namespace)
+            return  # still there: not deleted under us (a finished pod is recorded by the callback)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        gone_at = datetime.now(UTC)
+        serialize = client.api_client.sanitize_for_serialization
+        events = serialize(
+            client.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+        ).get("items", [])
+        request = serialize(
+            getattr(operator, "pod_request_obj", None) or operator.build_pod_request_obj(context)
+        )
+        request.setdefault("metadata", {}).update({"name": name, "namespace": namespace})
+        pod = vanished_pod_record(
+            request, events, observed_gone_at=gone_at, container=operator.base_container_name
+        )
+        if pod is None:
+            operator.log.info("pod %s was deleted before it was scheduled: nothing to bill", name)
+            return
+        node = None
+        if pod["spec"].get("nodeName"):
+            try:
+                node = serialize(client.read_node(pod["spec"]["nodeName"]))
+            except ApiException as exc:
+                operator.log.warning("node %s not readable: %s", pod["spec"]["nodeName"], exc.reason)
+        key = record_finished_pod(
+            pod, node, None, try_number=context["ti"].try_number, s3_client=_s3_client(), vanished=True
+        )
+        operator._xac_pod_recorded = True
+        operator.log.warning(
+            "pod %s is gone without a completion record, billed from its events: %s (%s)",
+            name,
+            pod["status"]["message"],
+            key,
+        )
+    except Exception as exc:  # billing must not hide why the try ended
+        operator.log.warning("could not record deleted pod %s for the cost stage: %r", name, exc)
 
 
 @functools.cache
@@ -246,6 +326,7 @@ def _pod_recorder() -> type:
                 s3_client=_s3_client(),
             )
             operator.log.info("finished pod %s saved for the cost stage: %s", pod.metadata.name, key)
+            operator._xac_pod_recorded = True
 
     return RecordFinishedPod
 

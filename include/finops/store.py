@@ -1,9 +1,11 @@
 """The cost store: every run's FOCUS rows in one SQLite file, for month-end questions.
 
 ``$XAC_HOME/cost/costs.db`` by default. Appending is idempotent: a row is identified by
-(config, run id, shard, container, resource), so a retried task or a re-priced pod replaces its
-rows instead of adding to them. Money is kept as an integer count of 1e-10 currency units (the
-precision of the row builder), so SQL sums are exact.
+(config, run id, shard, resource id, container, resource), the resource id being the pod (with its
+uid) or the local shard process, so a retried task or a re-priced pod replaces its rows instead of
+adding to them, while every pod of a shard (a failed try and its retry) keeps its own rows. A store
+written before the resource id was part of the key is migrated when it is opened. Money is kept as
+an integer count of 1e-10 currency units (the precision of the row builder), so SQL sums are exact.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ CREATE TABLE IF NOT EXISTS cost_rows (
     config TEXT NOT NULL,
     run_id TEXT NOT NULL,
     shard INTEGER NOT NULL,
+    resource_id TEXT NOT NULL,
     container TEXT NOT NULL,
     resource TEXT NOT NULL,
     model TEXT NOT NULL,
@@ -39,7 +42,7 @@ CREATE TABLE IF NOT EXISTS cost_rows (
     billed_e10 INTEGER NOT NULL,
     row_json TEXT NOT NULL,
     recorded_at TEXT NOT NULL,
-    PRIMARY KEY (config, run_id, shard, container, resource)
+    PRIMARY KEY (config, run_id, shard, resource_id, container, resource)
 );
 CREATE INDEX IF NOT EXISTS cost_rows_model_month ON cost_rows (model, billing_month);
 CREATE TABLE IF NOT EXISTS runs (
@@ -75,14 +78,35 @@ def _e10(value: object) -> int:
     )
 
 
-def _key(row: Mapping[str, Any]) -> tuple[str, str, int, str, str]:
+def _key(row: Mapping[str, Any]) -> tuple[str, str, int, str, str, str]:
     return (
         str(row["x_ConfigName"]),
         str(row["x_RunId"]),
         int(row["x_Shard"]),
+        str(row.get("ResourceId") or ""),
         str(row.get("x_Container") or ""),
         str(row["x_Resource"]),
     )
+
+
+def _migrate_keyed_without_resource(db: sqlite3.Connection) -> None:
+    """Rebuild a ``cost_rows`` table of the first schema (no resource id in the key): the resource id
+    of each stored row is read back from its FOCUS row (``ResourceId``)."""
+    columns = [r[1] for r in db.execute("PRAGMA table_info(cost_rows)")]
+    if not columns or "resource_id" in columns:
+        return
+    # Statement by statement (executescript would commit half-way): the rebuild is one transaction.
+    db.execute("ALTER TABLE cost_rows RENAME TO cost_rows_v1")
+    db.execute("DROP INDEX IF EXISTS cost_rows_model_month")
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    kept = [c for c in columns if c != "resource_id"]
+    db.execute(
+        f"INSERT INTO cost_rows (resource_id, {', '.join(kept)}) "
+        f"SELECT COALESCE(json_extract(row_json, '$.ResourceId'), ''), {', '.join(kept)} FROM cost_rows_v1"
+    )
+    db.execute("DROP TABLE cost_rows_v1")
 
 
 class CostStore:
@@ -90,6 +114,7 @@ class CostStore:
         self.path = Path(path) if path is not None else default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
+            _migrate_keyed_without_resource(db)
             db.executescript(_SCHEMA)
 
     @contextmanager
@@ -107,11 +132,11 @@ class CostStore:
         """Store a run's rows; rows with the key of a stored row replace it. Returns the count."""
         now = datetime.now(UTC).isoformat()
         records = []
-        seen: set[tuple[str, str, int, str, str]] = set()
+        seen: set[tuple[str, str, int, str, str, str]] = set()
         for row in rows:
             key = _key(row)
             if key in seen:
-                raise ValueError(f"two rows for the same run/shard/container/resource: {key}")
+                raise ValueError(f"two rows for the same run/shard/pod/container/resource: {key}")
             seen.add(key)
             records.append(
                 (
@@ -131,7 +156,7 @@ class CostStore:
             )
         with self._connect() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO cost_rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", records
+                "INSERT OR REPLACE INTO cost_rows VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", records
             )
         return len(records)
 

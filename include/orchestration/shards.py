@@ -289,12 +289,20 @@ def explain_shard_step(
 
 
 def record_finished_pod(
-    pod: dict[str, Any], node: dict[str, Any] | None, log_text: str | None, *, try_number: int, s3_client: Any
+    pod: dict[str, Any],
+    node: dict[str, Any] | None,
+    log_text: str | None,
+    *,
+    try_number: int,
+    s3_client: Any,
+    vanished: bool = False,
 ) -> str | None:
     """Save a finished explainer pod (and its node, and its log) beside the run's outputs.
 
-    Called by the KubernetesPodOperator's completion callback before the pod is deleted; the join
-    collects these for the cost stage. Returns the object key, or None for a pod that is not ours.
+    Called by the KubernetesPodOperator's completion callback before the pod is deleted (or, with
+    ``vanished``, with the object :func:`vanished_pod_record` rebuilt for a pod deleted under the
+    operator); the join collects these for the cost stage. Returns the object key, or None for a pod
+    that is not ours.
     """
     from include.compliance import parse_s3_uri
 
@@ -305,11 +313,94 @@ def record_finished_pod(
         return None
     bucket, prefix = parse_s3_uri(base)
     key = f"{prefix.rstrip('/')}/pods/shard-{shard}/try-{try_number}-{meta.get('name', 'pod')}"
-    body = json.dumps({"pod": pod, "node": node, "try_number": try_number}, indent=2, default=str)
+    record = {"pod": pod, "node": node, "try_number": try_number} | ({"vanished": True} if vanished else {})
+    body = json.dumps(record, indent=2, default=str)
     s3_client.put_object(Bucket=bucket, Key=key + ".json", Body=body.encode())
     if log_text is not None:
         s3_client.put_object(Bucket=bucket, Key=key + ".log", Body=log_text.encode())
     return key + ".json"
+
+
+def _event_time(event: dict[str, Any]) -> datetime | None:
+    from include.compliance.bundle import parse_timestamp
+
+    for value in (
+        event.get("eventTime"),
+        event.get("firstTimestamp"),
+        (event.get("metadata") or {}).get("creationTimestamp"),
+    ):
+        if value:
+            try:
+                return parse_timestamp(str(value))
+            except ValueError:
+                continue
+    return None
+
+
+def vanished_pod_record(
+    pod_request: dict[str, Any],
+    events: list[dict[str, Any]],
+    *,
+    observed_gone_at: datetime,
+    container: str = "base",
+) -> dict[str, Any] | None:
+    """The billable object of a pod that was deleted before its completion could be recorded.
+
+    A pod removed by someone else (``kubectl delete pod``, a node drain, an eviction) is gone before the
+    operator's completion callback runs, yet it held its node until then. Its lifetime is rebuilt from
+    the pod's events, which outlive the pod (an hour by default): ``Scheduled`` gives the node and the
+    start, ``Killing`` the end; without a ``Killing`` event the end is when the operator found the pod
+    gone (``observed_gone_at``), an upper bound. ``pod_request`` is the pod as the operator built it
+    (requests, limits, labels, annotations, affinity). Returns None when the events show the pod never
+    ran on a node (nothing to bill).
+    """
+    ordered = sorted(
+        (e for e in events if _event_time(e) is not None), key=lambda e: _event_time(e) or observed_gone_at
+    )
+    scheduled = next((e for e in ordered if e.get("reason") == "Scheduled"), None)
+    if scheduled is None:
+        return None
+    start = _event_time(scheduled) or observed_gone_at
+    message = str(scheduled.get("message") or "")
+    node_name = message.rsplit(" to ", 1)[1].strip() if " to " in message else None
+    killing = next((e for e in ordered if e.get("reason") == "Killing"), None)
+    started = next((e for e in ordered if e.get("reason") == "Started"), None)
+    end = _event_time(killing) if killing is not None else observed_gone_at
+    end = max(end or observed_gone_at, start)
+    container_start = min((_event_time(started) if started is not None else None) or start, end)
+
+    def stamp(value: datetime) -> str:
+        return value.isoformat().replace("+00:00", "Z")
+
+    pod = json.loads(json.dumps(pod_request, default=str))
+    spec = pod.setdefault("spec", {})
+    if node_name:
+        spec["nodeName"] = node_name
+    reason = "Deleted" if killing is not None else "Vanished"
+    pod["status"] = {
+        "phase": "Failed",
+        "reason": reason,
+        "message": (
+            f"deleted before its completion was recorded; lifetime from its events "
+            f"(Scheduled {stamp(start)} -> {'Killing' if killing is not None else 'found gone'} {stamp(end)})"
+        ),
+        "startTime": stamp(start),
+        "containerStatuses": [
+            {
+                "name": container,
+                "ready": False,
+                "restartCount": 0,
+                "state": {
+                    "terminated": {
+                        "reason": reason,
+                        "startedAt": stamp(container_start),
+                        "finishedAt": stamp(end),
+                    }
+                },
+            }
+        ],
+    }
+    return pod
 
 
 # --------------------------------------------------------------------------- the join
@@ -472,4 +563,6 @@ def price_pods(
         )
         rows += cost.rows
         notes += [f"{cost.pod}: {n}" for n in (*(collected.notes if collected else ()), *cost.notes)]
+        if record.get("vanished"):
+            notes.append(f"{cost.pod}: {record['pod']['status']['message']}")
     return rows, notes

@@ -299,9 +299,28 @@ def test_a_pod_deleted_mid_run_is_retried_without_duplicate_output(
     for shard_dir in sorted((ws / "shards-joined").iterdir()):
         summary = json.loads((shard_dir / "run_summary.json").read_text())
         assert len(list((shard_dir / "explanations").iterdir())) == summary["counts"]["explanations"]
-    # the deleted pod has no completion record: only finished pods are billed
-    names = {json.loads(p.read_text())["pod"]["metadata"]["name"] for p in (bundle / "pods").glob("*.json")}
-    assert deleted[0] not in names and len(names) == len(pods) - 1
+    # the deleted pod had no completion callback, yet it held its node: it is billed from its events
+    records = {
+        r["pod"]["metadata"]["name"]: r
+        for r in (json.loads(p.read_text()) for p in (bundle / "pods").glob("*.json"))
+    }
+    assert set(records) == {p["metadata"]["name"] for p in pods}
+    rebuilt = records[deleted[0]]
+    assert rebuilt["vanished"] is True and rebuilt["pod"]["status"]["reason"] == "Deleted"
+    assert rebuilt["pod"]["spec"]["nodeName"] == victim["spec"]["nodeName"]
+    assert rebuilt["node"]["metadata"]["name"] == victim["spec"]["nodeName"]
+    assert rebuilt["pod"]["metadata"]["annotations"] == victim["metadata"]["annotations"]
+    events = {
+        e["reason"]: e["firstTimestamp"] for e in kube.events if e["involvedObject"]["name"] == deleted[0]
+    }
+    terminated = rebuilt["pod"]["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert rebuilt["pod"]["status"]["startTime"] == events["Scheduled"]
+    assert terminated["finishedAt"] == events["Killing"]
+    cost = json.loads((bundle / "cost.json").read_text())
+    victim_rows = [row for row in cost["rows"] if row["ResourceName"] == deleted[0]]
+    assert victim_rows and all(row["BilledCost"] > 0 for row in victim_rows)
+    assert {row["ResourceName"] for row in cost["rows"]} == set(records)
+    assert any(deleted[0] in note and "Killing" in note for note in cost["summary"]["notes"])
 
 
 def _kubeconfig_path() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -102,3 +103,74 @@ def test_history_feeds_the_planner(pod_factory: Pod, container_factory: Pod, tmp
     )
     # one run: proportional to work; twice the samples -> twice 0.035848
     assert estimate.cost == pytest.approx(0.071696)
+
+
+def test_every_pod_of_a_shard_keeps_its_rows(
+    pod_factory: Pod, container_factory: Pod, tmp_path: Path
+) -> None:
+    """A failed try and its retry are two pods of one shard: both used a node, both are billed."""
+    store = CostStore(tmp_path / "costs.db")
+    nov = datetime(2026, 11, 27, 8, tzinfo=UTC)
+    first = _pod_rows(pod_factory, container_factory, model="m", run="r1", shard=0, start=nov, cpu="1")
+    retry = [
+        row | {"ResourceId": row["ResourceId"] + "-retry", "ResourceName": row["ResourceName"] + "-retry"}
+        for row in first
+    ]
+    assert store.append(first + retry) == 4
+    assert store.append(first + retry) == 4  # still idempotent per pod
+    assert len(store.rows()) == 4
+    (month,) = store.cost_per_model_per_month()
+    assert month.total == pytest.approx(2 * 0.035848)
+
+
+def test_a_store_of_the_first_schema_is_migrated_in_place(
+    pod_factory: Pod, container_factory: Pod, tmp_path: Path
+) -> None:
+    path = tmp_path / "costs.db"
+    nov = datetime(2026, 11, 27, 8, tzinfo=UTC)
+    rows = _pod_rows(pod_factory, container_factory, model="m", run="r1", shard=0, start=nov, cpu="1")
+    columns = (
+        "config, run_id, shard, container, resource, model, model_version, team, cost_center, currency, "
+        "billing_month, charge_start, charge_end, billed_e10, row_json, recorded_at"
+    )
+    with sqlite3.connect(path) as db:  # the schema every store had before the resource id was keyed
+        db.execute(
+            "CREATE TABLE cost_rows (config TEXT NOT NULL, run_id TEXT NOT NULL, shard INTEGER NOT NULL, "
+            "container TEXT NOT NULL, resource TEXT NOT NULL, model TEXT NOT NULL, model_version TEXT, "
+            "team TEXT, cost_center TEXT, currency TEXT NOT NULL, billing_month TEXT NOT NULL, "
+            "charge_start TEXT NOT NULL, charge_end TEXT NOT NULL, billed_e10 INTEGER NOT NULL, "
+            "row_json TEXT NOT NULL, recorded_at TEXT NOT NULL, "
+            "PRIMARY KEY (config, run_id, shard, container, resource))"
+        )
+        db.execute("CREATE INDEX cost_rows_model_month ON cost_rows (model, billing_month)")
+        for row in rows:
+            db.execute(
+                f"INSERT INTO cost_rows ({columns}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    row["x_ConfigName"],
+                    row["x_RunId"],
+                    row["x_Shard"],
+                    row["x_Container"],
+                    row["x_Resource"],
+                    row["x_Model"],
+                    None,
+                    None,
+                    None,
+                    row["BillingCurrency"],
+                    "2026-11",
+                    row["ChargePeriodStart"],
+                    row["ChargePeriodEnd"],
+                    int(row["BilledCost"] * 1e10),
+                    json.dumps(row),
+                    "2026-11-27T09:00:00+00:00",
+                ),
+            )
+    store = CostStore(path)
+    with sqlite3.connect(path) as db:
+        stored = db.execute("SELECT DISTINCT resource_id FROM cost_rows").fetchall()
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert stored == [(rows[0]["ResourceId"],)] and "cost_rows_v1" not in tables
+    assert len(store.rows()) == len(rows)
+    assert store.append(rows) == len(rows) and len(store.rows()) == len(rows)  # same keys: replaced
+    (month,) = store.cost_per_model_per_month()
+    assert month.total == pytest.approx(0.035848)
