@@ -161,6 +161,9 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
         chain=args.chain,
         max_depth=args.max_depth,
     )
+    if args.json:  # the whole report, for CI pipelines and audit scripts; same exit codes
+        print(json.dumps({"target": target} | report.to_dict(), indent=2))
+        return EXIT_OK if report.ok else EXIT_CHECK_FAILED
     for problem in report.problems:
         print(f"FAIL {problem}")
     for index, link in enumerate(report.chain):
@@ -331,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--chain",
         action="store_true",
         help="also verify every previous bundle of the model, back to the first (hash chain)",
+    )
+    verify.add_argument(
+        "--json", action="store_true", help="print the verification report as JSON (same exit codes)"
     )
     verify.add_argument(
         "--max-depth", type=int, metavar="N", help="with --chain: follow at most N links back"

@@ -6,6 +6,7 @@ Each bundle is verified with the trusted key its envelope names, within that key
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -231,6 +232,16 @@ def test_cli_verify_takes_repeated_keys_a_folder_or_a_keyring_file(
 
     assert main([*verify, "--public-key", str(public)]) == EXIT_OK
     capsys.readouterr()
+    # --json: the whole report, same exit codes
+    assert main([*verify, "--public-key", str(public), "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["target"] == head and report["key_id"] == key_id(new)
+    assert [link["key_id"] for link in report["chain"]] == [key_id(new), key_id(old)]
+    assert main([*verify, "--public-key", new_pem, "--json"]) == EXIT_CHECK_FAILED
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and [link["ok"] for link in report["chain"]] == [True, False]
+    refused = f"signature does not verify with key {key_id(new)} (envelope signed by key {key_id(old)})"
+    assert report["problems"] == [f"{chain[0][0]}: {refused}"]
     # XAC_PUBLIC_KEY may name a folder or a keyring file too (the default when --public-key is absent).
     keyring = _keyring_file(
         public,
