@@ -62,6 +62,7 @@ class RunLabels:
     shard: int = 0
     backend: str = "local"
     capacity: str = "on-demand"  # or "spot"
+    failed_try: int | None = None  # a local shard's crashed process, retried: the n-th failure
 
 
 def _money(value: Decimal) -> float:
@@ -257,9 +258,11 @@ def price_usage(
     ]
     if usage.gpu_count > 0:
         lines.append(CostLine("GPU", usage.gpu_count, usage.gpu_count, "spotGPU" if spot else "GPU"))
+    failed = f"/failed-{labels.failed_try}" if labels.failed_try else ""
     scope = ChargeScope(
-        resource_id=f"{labels.backend}/{labels.config_name}/{labels.run_id}/shard-{labels.shard}",
-        resource_name=f"{labels.config_name} shard {labels.shard}",
+        resource_id=f"{labels.backend}/{labels.config_name}/{labels.run_id}/shard-{labels.shard}{failed}",
+        resource_name=f"{labels.config_name} shard {labels.shard}"
+        + (f" (failed try {labels.failed_try})" if labels.failed_try else ""),
         resource_type="Kubernetes Pod" if labels.backend == "kubernetes" else "Local Process",
         usage_source="measured",
     )

@@ -436,6 +436,17 @@ def meter_step(
             rows += price_usage(
                 measured(raw), _resource_request(loaded), replace(labels, shard=index), catalogue
             )
+        for failed in explain.get("failed_tries") or []:  # crashed tries that a retry replaced
+            rows += price_usage(
+                measured(failed["usage"]),
+                _resource_request(loaded),
+                replace(labels, shard=int(failed["index"]), failed_try=int(failed["try"])),
+                catalogue,
+            )
+            notes.append(
+                f"shard {failed['index']}: failed try {failed['try']} (exit code "
+                f"{failed['usage']['exit_code']}) billed beside the try that succeeded"
+            )
         usage = measured(explain["usage"])
         runtime_seconds = usage.wall_seconds
     summary = summarise(

@@ -38,8 +38,19 @@ STAGING_ANNOTATION = "xac.dev/staging"
 COMPLETE_MARKER = "run_summary.json"
 
 
+# Exit codes of `xac explain` that a retry would only repeat: 1 the input was refused (bad config,
+# data, model or parameters), 2 a usage error. Anything else (3: could not run, e.g. storage out of
+# reach; a signal such as the OOM killer's SIGKILL) fails the try and Airflow retries it, as it
+# retries a failed pod.
+REFUSED_EXIT_CODES = (1, 2)
+
+
 class BackendError(ValueError):
     """An unknown backend or cluster profile setting."""
+
+
+class ShardProcessFailed(RuntimeError):
+    """A local shard's explainer process crashed or could not run: the task's retries apply."""
 
 
 def cluster_profile_name(env: Mapping[str, str] | None = None, configured: str | None = None) -> str:
@@ -279,10 +290,27 @@ def explain_shard_step(
         try:
             usage = run_measured(command, env=child_environment(extra), on_line=tee)
         except ProcessFailed as exc:
-            _write_json(workspace / "usage" / f"shard-{index}.json", exc.usage.to_json())
-            raise StageFailed(str(exc)) from None
+            # The failed try used the worker too: kept for the cost stage, billed with the shard.
+            earlier = len(list((workspace / "usage").glob(f"shard-{index}-failed-*.json")))
+            _write_json(workspace / "usage" / f"shard-{index}-failed-{earlier + 1}.json", exc.usage.to_json())
+            if exc.exit_code in REFUSED_EXIT_CODES:
+                raise StageFailed(str(exc)) from None
+            raise ShardProcessFailed(str(exc)) from None
     _write_json(workspace / "usage" / f"shard-{index}.json", usage.to_json())
-    return {"index": index, "count": count, "out": out, "usage": usage.to_json()}
+    failed_tries = [
+        json.loads(p.read_text())
+        for p in sorted(
+            (workspace / "usage").glob(f"shard-{index}-failed-*.json"),
+            key=lambda p: int(p.stem.rsplit("-", 1)[1]),
+        )
+    ]
+    return {
+        "index": index,
+        "count": count,
+        "out": out,
+        "usage": usage.to_json(),
+        "failed_tries": failed_tries,
+    }
 
 
 # --------------------------------------------------------------------------- the finished pods
@@ -513,6 +541,11 @@ def join_step(
             raise StageFailed(f"join: {len(usages)} measured shard process(es) for {count} shards")
         result["usages"] = usages
         result["usage"] = _combined_usage(usages)
+        result["failed_tries"] = [
+            {"index": r["index"], "try": k + 1, "usage": u}
+            for r in sorted((r for r in results or [] if r), key=lambda r: r["index"])
+            for k, u in enumerate(r.get("failed_tries") or [])
+        ]
         _concatenate(logs / "explain.log", sorted((logs / "shards").glob("explain-*.log")))
     return result
 
