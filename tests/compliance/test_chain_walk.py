@@ -40,18 +40,20 @@ def _chain(
     *,
     model: str = "diagnosis-risk-tabular",
     big_bytes: int = 0,
+    signers: list[Any] | None = None,
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC),
 ) -> Chain:
-    """``count`` bundles of one model, each linking to the one before, published to ``bucket``."""
+    """``count`` bundles of one model a day apart, each linking to the one before, published to
+    ``bucket``; with ``signers``, one bundle per signer (key rotations), signed by it."""
     chain: Chain = []
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    for i in range(count):
+    for i, signed_by in enumerate(signers or [signer] * count):
         staging = tmp_path / f"{bucket}-{i}"
         write_sample_files(staging, seed=f"run{i}", big_bytes=big_bytes)
         previous = {"uri": chain[-1][0], "bundle_id": chain[-1][1]} if chain else None
         manifest = build_bundle(
             staging,
             run=sample_run(model=model, run_id=f"r{i}"),
-            signer=signer,
+            signer=signed_by,
             previous=previous,
             created_at=start + timedelta(days=i),
         )
@@ -60,7 +62,7 @@ def _chain(
             s3_client=s3,
             bucket=bucket,
             prefix=f"{model}/1/runs/r{i}",
-            public_key_pem=public_key_pem(signer),
+            public_key_pem=public_key_pem(signed_by),
         )
         chain.append((uri, manifest.bundle_id))
     return chain

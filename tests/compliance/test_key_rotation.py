@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +17,14 @@ import pytest
 
 from include.compliance import (
     KeyringError,
-    build_bundle,
     key_id,
     load_keyring,
     load_or_create_signing_key,
     public_key_pem,
-    publish_bundle,
     verify_bundle,
 )
 
-from .conftest import sample_run, write_sample_files
+from .test_chain_walk import _chain
 
 pytestmark = pytest.mark.integration
 
@@ -47,28 +45,8 @@ def rotated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
 
 
 def _rotated_chain(s3: Any, signers: list[Any], tmp_path: Path, bucket: str) -> list[tuple[str, str]]:
-    """One bundle per signer, a day apart, each linking to the one before: (uri, bundle_id), oldest first."""
-    chain: list[tuple[str, str]] = []
-    for i, signer in enumerate(signers):
-        staging = tmp_path / f"{bucket}-{i}"
-        write_sample_files(staging, seed=f"run{i}")
-        previous = {"uri": chain[-1][0], "bundle_id": chain[-1][1]} if chain else None
-        manifest = build_bundle(
-            staging,
-            run=sample_run(run_id=f"r{i}"),
-            signer=signer,
-            previous=previous,
-            created_at=START + timedelta(days=i),
-        )
-        uri = publish_bundle(
-            staging,
-            s3_client=s3,
-            bucket=bucket,
-            prefix=f"diagnosis-risk-tabular/1/runs/r{i}",
-            public_key_pem=public_key_pem(signer),
-        )
-        chain.append((uri, manifest.bundle_id))
-    return chain
+    """One bundle per signer, a day apart from START: (uri, bundle_id), oldest first."""
+    return _chain(s3, None, tmp_path, bucket, signers=signers, start=START)
 
 
 def _keyring_file(folder: Path, text: str, name: str = "keyring.yaml") -> Path:
