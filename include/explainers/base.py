@@ -325,6 +325,8 @@ class ExplainedModel:
         # ``torch.compile``d ``scores``, made by the first method that asks for it (see
         # integrated_gradients.compiled_scores) and reused by later calls in the process.
         self.compiled_scores: Callable[..., torch.Tensor] | None = None
+        # Whether compiled_scores has run once (compiled): until then its first pass runs alone.
+        self.compiled_scores_ran = False
         self._row_bytes: int | None = None
         # Peak GPU bytes per row of a forward+backward pass, by (device, precision): measured
         # once per process (integrated_gradients.cuda_pass_rows), not once per call.
@@ -523,12 +525,17 @@ def _single_threaded_ops() -> Iterator[int]:
         torch.set_num_threads(threads)
 
 
-def run_passes(count: int, run: Callable[[int], None], device: torch.device | None = None) -> None:
+def run_passes(
+    count: int, run: Callable[[int], None], device: torch.device | None = None, *, first_alone: bool = False
+) -> None:
     """``run(k)`` for k in range(count) on as many workers as torch had threads.
 
     Shared by the methods that evaluate in independent passes (see :func:`_single_threaded_ops`).
     On a GPU the passes run one after the other: its kernels are queued asynchronously, and
-    one pass already fills the device.
+    one pass already fills the device. ``first_alone``: pass 0 runs before the others start
+    (a ``torch.compile``d function's first call compiles it; two workers calling it at once made
+    dynamo compile it twice, "Unexpected recompilation": two graphs for the 32x32 benchmark CNN,
+    first call 34-40 s with a cold inductor cache, against one graph and 34.5 s now).
     """
     if device is not None and device.type != "cpu":
         for k in range(count):
@@ -539,6 +546,9 @@ def run_passes(count: int, run: Callable[[int], None], device: torch.device | No
             for k in range(count):
                 run(k)
             return
-        with ThreadPoolExecutor(max_workers=min(workers, count)) as pool:
-            for _ in pool.map(run, range(count)):
+        first = 1 if first_alone else 0
+        if first:
+            run(0)
+        with ThreadPoolExecutor(max_workers=min(workers, count - first)) as pool:
+            for _ in pool.map(run, range(first, count)):
                 pass  # surface exceptions

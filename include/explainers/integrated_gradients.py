@@ -430,7 +430,10 @@ def path_gradient_sums(
             sums = (grad.double() * weights_t[take_t][:, :, None]).sum(1)
         out[start:stop] = sums[: stop - start]
 
-    run_passes(n_passes, run, device)
+    compiling = problem.scores is not None and not model.compiled_scores_ran
+    run_passes(n_passes, run, device, first_alone=compiling)
+    if problem.scores is not None:
+        model.compiled_scores_ran = True
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the seconds below are the passes' own
     work = problem.work

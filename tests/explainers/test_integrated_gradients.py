@@ -289,20 +289,53 @@ def test_compiled_passes_keep_one_shape_and_shrunk_passes_run_eager(
     sees the job's pass shape only (a second shape would recompile: an error here), and the
     attributions agree with the eager run's."""
     import torch._dynamo
+    from torch._dynamo.utils import counters
 
     from include.explainers import integrated_gradients
 
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setattr(integrated_gradients, "shrinks_last_pass", lambda device: True)
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    torch._dynamo.reset()
-    model, inputs, background, params = _refined_adaptive_case()
-    eager = EXPLAINER.explain(model, inputs, background, params, seed=0)
-    compiled = EXPLAINER.explain(model, inputs, background, {**params, "compile": True}, seed=0)
-    work = compiled.details["work"]
-    assert work["gradient_rows"] == eager.details["work"]["gradient_rows"]
-    assert 0 < work["compiled_gradient_rows"] < work["gradient_rows"]
-    np.testing.assert_allclose(compiled.features, eager.features, rtol=1e-4, atol=1e-6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two pass workers
+    try:
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+        monkeypatch.setattr(integrated_gradients, "shrinks_last_pass", lambda device: True)
+        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+        torch._dynamo.reset()
+        counters.clear()
+        model, inputs, background, params = _refined_adaptive_case()
+        eager = EXPLAINER.explain(model, inputs, background, params, seed=0)
+        compiled = EXPLAINER.explain(model, inputs, background, {**params, "compile": True}, seed=0)
+        work = compiled.details["work"]
+        assert work["gradient_rows"] == eager.details["work"]["gradient_rows"]
+        assert 0 < work["compiled_gradient_rows"] < work["gradient_rows"]
+        np.testing.assert_allclose(compiled.features, eager.features, rtol=1e-4, atol=1e-6)
+        assert counters["stats"]["unique_graphs"] == 1  # compiled once, not once per worker
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_first_compiled_pass_runs_alone_so_the_model_compiles_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two pass workers entering the not-yet-compiled function at once made dynamo compile it
+    twice ("Unexpected recompilation": two graphs); the first compiled pass now runs alone."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two pass workers
+    try:
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+        torch._dynamo.reset()
+        counters.clear()
+        model, inputs, background = _conv_case(seed=3, n=6)
+        params = _ig_params(steps=16, internalBatchSize=32)  # 96 rows: 3 passes of 32
+        eager = EXPLAINER.explain(model, inputs, background, params, seed=0)
+        compiled = EXPLAINER.explain(model, inputs, background, {**params, "compile": True}, seed=0)
+        assert compiled.details["work"]["compiled_gradient_rows"] == 96
+        assert counters["stats"]["unique_graphs"] == 1
+        np.testing.assert_allclose(compiled.features, eager.features, rtol=1e-4, atol=1e-6)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_gpu_pass_size_is_probed_once_per_model_and_precision(monkeypatch: pytest.MonkeyPatch) -> None:
