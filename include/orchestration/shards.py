@@ -382,20 +382,19 @@ def vanished_pod_record(
     (requests, limits, labels, annotations, affinity). Returns None when the events show the pod never
     ran on a node (nothing to bill).
     """
-    ordered = sorted(
-        (e for e in events if _event_time(e) is not None), key=lambda e: _event_time(e) or observed_gone_at
-    )
-    scheduled = next((e for e in ordered if e.get("reason") == "Scheduled"), None)
+    timed = sorted(((at, e) for e in events if (at := _event_time(e)) is not None), key=lambda pair: pair[0])
+
+    def first(reason: str) -> tuple[datetime, dict[str, Any]] | None:
+        return next(((at, e) for at, e in timed if e.get("reason") == reason), None)
+
+    scheduled, killing, started = first("Scheduled"), first("Killing"), first("Started")
     if scheduled is None:
         return None
-    start = _event_time(scheduled) or observed_gone_at
-    message = str(scheduled.get("message") or "")
+    start = scheduled[0]
+    message = str(scheduled[1].get("message") or "")
     node_name = message.rsplit(" to ", 1)[1].strip() if " to " in message else None
-    killing = next((e for e in ordered if e.get("reason") == "Killing"), None)
-    started = next((e for e in ordered if e.get("reason") == "Started"), None)
-    end = _event_time(killing) if killing is not None else observed_gone_at
-    end = max(end or observed_gone_at, start)
-    container_start = min((_event_time(started) if started is not None else None) or start, end)
+    end = max(killing[0] if killing is not None else observed_gone_at, start)
+    container_start = min(started[0] if started is not None else start, end)
 
     def stamp(value: datetime) -> str:
         return value.isoformat().replace("+00:00", "Z")
@@ -536,14 +535,15 @@ def join_step(
         _concatenate(logs / "explain.log", pod_logs)
         log(f"join: {len(records)} finished pod object(s) saved for the cost stage")
     else:
-        usages = [r["usage"] for r in sorted((r for r in results or [] if r), key=lambda r: r["index"])]
+        finished = sorted((r for r in results or [] if r), key=lambda r: r["index"])
+        usages = [r["usage"] for r in finished]
         if len(usages) != count:
             raise StageFailed(f"join: {len(usages)} measured shard process(es) for {count} shards")
         result["usages"] = usages
         result["usage"] = _combined_usage(usages)
         result["failed_tries"] = [
             {"index": r["index"], "try": k + 1, "usage": u}
-            for r in sorted((r for r in results or [] if r), key=lambda r: r["index"])
+            for r in finished
             for k, u in enumerate(r.get("failed_tries") or [])
         ]
         _concatenate(logs / "explain.log", sorted((logs / "shards").glob("explain-*.log")))
