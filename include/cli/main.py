@@ -84,7 +84,99 @@ def _parse_shard(value: str) -> tuple[int, int]:
     return index, count
 
 
+_DIRECT_ONLY = (
+    "data",
+    "method",
+    "id_column",
+    "num_samples",
+    "param",
+    "task",
+    "output_scale",
+    "class_names",
+    "skops_trust",
+)
+_CONFIG_ONLY = (
+    "config_sha256",
+    "model_uri",
+    "model_sha256",
+    "inference",
+    "inference_sha256",
+    "background_sha256",
+    "model_version",
+    "inference_ids",
+    "sample_budget",
+)
+
+
+def cmd_explain_model(args: argparse.Namespace) -> int:
+    """``xac explain --model SOURCE:LOCATION --data FRAME --method METHOD --out DIR``."""
+    from include.explainers.direct import DirectRequest, parse_params, run_direct
+    from include.explainers.errors import ExplainError, ModelNotFoundError
+
+    wrong = [
+        f"--{name.replace('_', '-')}" for name in _CONFIG_ONLY if getattr(args, name) not in (None, False)
+    ]
+    if wrong:
+        print(f"xac explain: {', '.join(wrong)} go with --config, not --model", file=sys.stderr)
+        return EXIT_USAGE
+    missing = [f"--{name}" for name in ("data", "method") if not getattr(args, name)]
+    if missing or is_s3_out(args.out):
+        problem = (
+            f"--model needs {' and '.join(missing)}" if missing else "--model writes to a local --out folder"
+        )
+        print(f"xac explain: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        summary = run_direct(
+            DirectRequest(
+                model=args.model,
+                data=args.data,
+                method=args.method,
+                out_dir=Path(args.out),
+                background=args.background,
+                id_column=args.id_column,
+                num_samples=args.num_samples,
+                seed=0 if args.seed is None else args.seed,
+                params=parse_params(args.param),
+                task=args.task,
+                output_scale=args.output_scale,
+                class_names=tuple(args.class_names or ()),
+                skops_trusted=tuple(args.skops_trust or ()),
+                output_format=args.output_format,
+            )
+        )
+    except ModelNotFoundError as exc:
+        print(f"xac explain: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except ExplainError as exc:
+        print(f"xac explain: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    print(json.dumps(summary, indent=2, default=str))
+    return EXIT_OK
+
+
+def is_s3_out(value: str) -> bool:
+    return str(value).startswith("s3://")
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        if args.config is not None:
+            print("xac explain: give --config or --model, not both", file=sys.stderr)
+            return EXIT_USAGE
+        return cmd_explain_model(args)
+    if args.config is None:
+        print(
+            "xac explain: give --config PATH, or --model SOURCE:LOCATION with --data and --method",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    wrong = [
+        f"--{name.replace('_', '-')}" for name in _DIRECT_ONLY if getattr(args, name) not in (None, False)
+    ]
+    if wrong:
+        print(f"xac explain: {', '.join(wrong)} go with --model, not --config", file=sys.stderr)
+        return EXIT_USAGE
     from include.configuration import ConfigError, load_config
     from include.orchestration.explain_job import ExplainJobError, fetch_config, is_s3_uri, run_explain_job
 
@@ -296,8 +388,49 @@ def build_parser() -> argparse.ArgumentParser:
     schema = config_sub.add_parser("schema", help="print the JSON Schema of ExplainerConfiguration")
     schema.set_defaults(func=cmd_config_schema)
 
-    explain = sub.add_parser("explain", help="run the explainer (the pod's entrypoint)")
-    explain.add_argument("--config", required=True, metavar="PATH", help="config file or s3:// URI")
+    explain = sub.add_parser(
+        "explain",
+        help="run the explainer: for a config (the pod's entrypoint) or a model file (--model)",
+        description="Either --config (a DAG's explainer run; the pod's entrypoint) or --model "
+        "SOURCE:LOCATION with --data and --method (a model file explained in one command, no config "
+        "or feature store).",
+    )
+    explain.add_argument("--config", metavar="PATH", help="config file or s3:// URI")
+    explain.add_argument(
+        "--model",
+        metavar="SOURCE:LOCATION",
+        help="a model to explain without a config: torchscript, torch-export, onnx, xgboost, lightgbm or "
+        "skops, then a path or s3:// URI (e.g. onnx:model.onnx)",
+    )
+    explain.add_argument("--data", metavar="FRAME", help="with --model: Parquet or CSV rows to explain")
+    explain.add_argument("--method", metavar="METHOD", help="with --model: KernelSHAP, TreeSHAP, LIME, ...")
+    explain.add_argument(
+        "--id-column", metavar="COL", help="with --model: the rows' id column (default: row number)"
+    )
+    explain.add_argument("--num-samples", type=int, metavar="N", help="with --model: numSamples / steps")
+    explain.add_argument(
+        "--param", action="append", metavar="KEY=VALUE", help="with --model: a method parameter (repeatable)"
+    )
+    explain.add_argument(
+        "--task",
+        choices=("binary", "multiclass", "regression"),
+        help="with --model: when the model does not say",
+    )
+    explain.add_argument(
+        "--output-scale",
+        choices=("logits", "probabilities", "raw"),
+        help="with --model: what the model returns, when it does not say",
+    )
+    explain.add_argument(
+        "--class-names", nargs="+", metavar="NAME", help="with --model: class names in order"
+    )
+    explain.add_argument(
+        "--skops-trust",
+        action="append",
+        metavar="TYPE",
+        help="with --model skops:...: a type to trust (repeatable)",
+    )
+    explain.add_argument("--output-format", choices=("json", "parquet"), default="json", help="with --model")
     explain.add_argument("--config-sha256", metavar="HEX", help="refuse a config with another digest")
     explain.add_argument("--out", required=True, metavar="DIR", help="output folder or s3:// prefix")
     explain.add_argument("--model-uri", metavar="URI", help="s3:// prefix holding model.pt and model.json")

@@ -87,6 +87,9 @@ METHOD_MODULES: dict[str, str] = {
     ATTENTION_ROLLOUT: "include.explainers.attention",
 }
 
+# What a model's module returns (see ExplainedModel.scores).
+OUTPUT_SCALES = ("logits", "probabilities", "raw")
+
 # Fixed chunk for small evaluations (predictions, baselines): a constant shape keeps them
 # bit-identical whatever the number of rows in the shard.
 PREDICT_CHUNK_ROWS = 64
@@ -307,11 +310,15 @@ class ExplainedModel:
         class_names: Sequence[str],
         *,
         differentiable: bool = True,
+        output_scale: str = "logits",
+        dtype: torch.dtype | None = None,
     ) -> None:
         import torch
 
         if task not in ("binary", "multiclass", "regression"):
             raise ValueError(f"unknown task {task!r}")
+        if output_scale not in OUTPUT_SCALES:
+            raise ValueError(f"unknown output scale {output_scale!r}; one of {', '.join(OUTPUT_SCALES)}")
         self.module = module.eval()
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)  # gradients are only ever taken w.r.t. inputs
@@ -319,8 +326,9 @@ class ExplainedModel:
         self.task = task
         self.class_names = list(class_names)
         self.differentiable = differentiable
+        self.output_scale = output_scale
         first = next(iter(self.module.parameters()), None)
-        self.dtype = first.dtype if first is not None else torch.get_default_dtype()
+        self.dtype = dtype or (first.dtype if first is not None else torch.get_default_dtype())
         self.device = torch.device("cpu")
         # ``torch.compile``d ``scores``, made by the first method that asks for it (see
         # integrated_gradients.compiled_scores) and reused by later calls in the process.
@@ -390,14 +398,27 @@ class ExplainedModel:
 
     # outputs -------------------------------------------------------------------------------
     def scores(self, *inputs: torch.Tensor) -> torch.Tensor:
-        """Differentiable ``(B, K)`` outputs the explanations are about."""
+        """Differentiable ``(B, K)`` outputs the explanations are about.
+
+        ``output_scale`` says what the module returns: ``logits`` (the sample networks, exported
+        torch and ONNX networks, tree margins), ``probabilities`` (``predict_proba`` of a
+        scikit-learn model, most inference servers) or ``raw`` (regression). Binary models may
+        return one column (the positive class) or two (both classes).
+        """
         import torch
 
         out = self.module(*inputs)
-        if self.task == "binary":
-            return torch.sigmoid(out.reshape(out.shape[0], 1))
+        out = out.reshape(out.shape[0], -1)
         if self.task == "regression":
-            return out.reshape(out.shape[0], 1)
+            return out[:, :1]
+        if self.output_scale == "probabilities":
+            if self.task == "binary":
+                return out[:, -1:]
+            return torch.log(out.clamp_min(torch.finfo(out.dtype).tiny))
+        if self.task == "binary":
+            if out.shape[1] == 2:
+                return torch.softmax(out, dim=1)[:, 1:]
+            return torch.sigmoid(out[:, :1])
         return torch.log_softmax(out, dim=1)
 
     def evaluate(self, flat: torch.Tensor, chunk_rows: int = PREDICT_CHUNK_ROWS) -> torch.Tensor:
@@ -451,23 +472,33 @@ class ExplainedModel:
             import torch
 
             sizes: list[int] = []
-            hooks = [
-                module.register_forward_hook(
-                    lambda _m, _i, o: (
-                        sizes.append(o.numel() * o.element_size()) if isinstance(o, torch.Tensor) else None
-                    )
-                )
-                for module in self.module.modules()
-                if not list(module.children())
-            ]
-            try:
-                with torch.inference_mode():
-                    zeros = torch.zeros((1, self.n_features), dtype=self.dtype, device=self.device)
-                    self.scores(*self.split(zeros))
-            finally:
-                for hook in hooks:
-                    hook.remove()
             itemsize = torch.tensor([], dtype=self.dtype).element_size()
+            if isinstance(self.module, torch.jit.ScriptModule):
+                # TorchScript modules take no hooks: one activation per output unit of each weight
+                # (a Linear's out_features; a convolution's channels at the image's full size).
+                pixels = max(
+                    (math.prod(m.shape[1:]) for m in self.modalities if m.kind == "image"), default=1
+                )
+                sizes = [int(p.shape[0]) * pixels * itemsize for p in self.module.parameters() if p.ndim >= 2]
+            else:
+                hooks = [
+                    module.register_forward_hook(
+                        lambda _m, _i, o: (
+                            sizes.append(o.numel() * o.element_size())
+                            if isinstance(o, torch.Tensor)
+                            else None
+                        )
+                    )
+                    for module in self.module.modules()
+                    if not list(module.children())
+                ]
+                try:
+                    with torch.inference_mode():
+                        zeros = torch.zeros((1, self.n_features), dtype=self.dtype, device=self.device)
+                        self.scores(*self.split(zeros))
+                finally:
+                    for hook in hooks:
+                        hook.remove()
             self._row_bytes = self.n_features * itemsize + sum(sizes) + self.n_outputs * itemsize
         return self._row_bytes
 

@@ -29,6 +29,8 @@ from include.paths import models_dir
 if TYPE_CHECKING:
     from torch import nn
 
+    from include.explainers.sources import ModelOrigin
+
 __all__ = [
     "MODEL_CATALOGUE",
     "LoadedModel",
@@ -77,6 +79,12 @@ class LoadedModel:
     sha256: str
     metadata: dict[str, Any]
     path: Path
+    # Models from a source (include.explainers.sources): what was loaded, how the module's outputs
+    # read, the dtype it takes, and the library's own model object (TreeSHAP reads it).
+    origin: ModelOrigin | None = None
+    output_scale: str = "logits"
+    dtype: Any = None
+    native: Any = None
 
     @property
     def feature_columns(self) -> list[str]:
@@ -89,6 +97,8 @@ class LoadedModel:
             self.task,
             self.class_names,
             differentiable=bool(self.metadata.get("differentiable", True)),
+            output_scale=self.output_scale,
+            dtype=self.dtype,
         )
 
 

@@ -74,6 +74,9 @@ class ExplainRequest:
     shard_index: int = 0
     shard_count: int = 1
     overwrite: bool = False  # replace the outputs of an earlier run in out_dir
+    # A model already loaded from a source (include.explainers.sources); None: the model store's
+    # model_name/model_version.
+    model: LoadedModel | None = None
 
 
 @dataclass
@@ -234,7 +237,7 @@ def _prepare(request: ExplainRequest) -> _Plan:
     raw_params = {} if request.params is None else request.params
     if not isinstance(raw_params, dict):
         raise ParameterError(f"params must be a mapping, got {type(raw_params).__name__}")
-    loaded = load_model(request.model_name, str(request.model_version))
+    loaded = request.model or load_model(request.model_name, str(request.model_version))
     model = loaded.explained()
     explainer = get_explainer(request.method)
     explainer.check_model(model)
@@ -395,6 +398,8 @@ def _instance_records(
                 "sha256": loaded.sha256,
                 "architecture": loaded.metadata.get("architecture"),
                 "task": model.task,
+                # a user's model: what was loaded (source, URI, version, every artifact's digest)
+                **({"source": loaded.origin.to_json()} if loaded.origin is not None else {}),
             },
             "prediction": {
                 "class": class_name,

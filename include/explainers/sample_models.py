@@ -161,6 +161,10 @@ class TreeEnsemble(nn.Module):
     def is_leaf(self) -> torch.Tensor:
         return self.left == torch.arange(self.left.shape[1])[None, :]
 
+    @property
+    def tree_count(self) -> int:
+        return int(self.left.shape[0])
+
     def shap_model(self) -> dict[str, Any]:
         """The ensemble in shap's dictionary format (``shap.TreeExplainer`` accepts it)."""
         leaf = self.is_leaf().numpy()

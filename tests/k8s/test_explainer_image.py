@@ -227,6 +227,37 @@ def test_xac_explain_runs_with_only_the_image_s_packages(frames: dict[str, Path]
 
 
 @pytest.mark.slow
+def test_users_own_models_explain_with_only_the_image_s_packages(tmp_path: Path) -> None:
+    """An XGBoost booster (TreeSHAP) and a LightGBM model (KernelSHAP) from their own files."""
+    import lightgbm as lgb
+    import numpy as np
+    import pandas as pd
+    import xgboost as xgb
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(200, 4)), columns=["a", "b", "c", "d"])
+    label = (frame["a"] + frame["b"] * frame["c"] > 0).astype(int)
+    xgb.train({"objective": "binary:logistic", "max_depth": 2}, xgb.DMatrix(frame, label), 10).save_model(
+        tmp_path / "m.json"
+    )
+    lgb.train({"objective": "binary", "verbose": -1}, lgb.Dataset(frame, label), 10).save_model(
+        tmp_path / "m.txt"
+    )
+    frame.iloc[:5].to_parquet(tmp_path / "rows.parquet", index=False)
+    runs = [
+        ["--model", f"xgboost:{tmp_path / 'm.json'}", "--method", "TreeSHAP", "--out", str(tmp_path / "x")],
+        ["--model", f"lightgbm:{tmp_path / 'm.txt'}", "--method", "KernelSHAP", "--out", str(tmp_path / "l")],
+    ]
+    command = [sys.executable, str(BLOCKED_EXPLAIN), str(SUBSET)]
+    for run in runs:
+        command += ["--", *run, "--data", str(tmp_path / "rows.parquet")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert len(list((tmp_path / "x" / "explanations").iterdir())) == 5
+    assert len(list((tmp_path / "l" / "explanations").iterdir())) == 5
+
+
+@pytest.mark.slow
 def test_the_blocker_does_refuse_a_package_missing_from_the_subset(
     frames: dict[str, Path], tmp_path: Path
 ) -> None:
