@@ -39,13 +39,21 @@ $(FOCUS_VENV)/.installed: requirements-focus.txt | $(STAMP)
 	$(FOCUS_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-focus.txt
 	@touch $@
 
+# A real Open Inference Protocol server (MLServer, scikit-learn runtime) for the endpoint-model tests:
+# its own venv, since its fastapi/starlette pins conflict with Airflow's.
+MLSERVER_VENV := $(VENV)/mlserver
+$(MLSERVER_VENV)/.installed: requirements-mlserver.txt | $(STAMP)
+	@test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-mlserver.txt
+	@touch $@
+
 samples: venv
 	$(VENV)/bin/xac samples prepare
 
 demo: venv
 	$(PY) scripts/demo.py
 
-test: venv $(FOCUS_VENV)/.installed
+test: venv $(FOCUS_VENV)/.installed $(MLSERVER_VENV)/.installed
 	scripts/run_tests.sh
 
 lint: venv
@@ -64,6 +72,7 @@ bench: venv
 	-$(PY) bench/bench_podspec.py
 	-$(PY) bench/bench_bundle.py
 	-$(PY) bench/bench_estimate.py
+	-$(PY) bench/bench_model_sources.py
 
 s3: venv
 	$(PY) -m include.embedded.s3_server start

@@ -85,6 +85,8 @@ def _parse_shard(value: str) -> tuple[int, int]:
 
 
 _DIRECT_ONLY = (
+    "header",
+    "endpoint_output",
     "data",
     "method",
     "id_column",
@@ -142,6 +144,8 @@ def cmd_explain_model(args: argparse.Namespace) -> int:
                 output_scale=args.output_scale,
                 class_names=tuple(args.class_names or ()),
                 skops_trusted=tuple(args.skops_trust or ()),
+                headers=tuple(args.header or ()),
+                endpoint_output=args.endpoint_output,
                 output_format=args.output_format,
             )
         )
@@ -400,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         metavar="SOURCE:LOCATION",
         help="a model to explain without a config: torchscript, torch-export, onnx, xgboost, lightgbm or "
-        "skops, then a path or s3:// URI (e.g. onnx:model.onnx)",
+        "skops (then a path or s3:// URI), or oip (then the model's V2 URL), e.g. onnx:model.onnx",
     )
     explain.add_argument("--data", metavar="FRAME", help="with --model: Parquet or CSV rows to explain")
     explain.add_argument("--method", metavar="METHOD", help="with --model: KernelSHAP, TreeSHAP, LIME, ...")
@@ -429,6 +433,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="TYPE",
         help="with --model skops:...: a type to trust (repeatable)",
+    )
+    explain.add_argument(
+        "--header",
+        action="append",
+        metavar="NAME:VALUE",
+        help="with --model oip:...: a request header (repeatable); VALUE env:VAR reads $VAR",
+    )
+    explain.add_argument(
+        "--endpoint-output",
+        metavar="NAME",
+        help="with --model oip:...: the output to request (e.g. predict_proba)",
     )
     explain.add_argument("--output-format", choices=("json", "parquet"), default="json", help="with --model")
     explain.add_argument("--config-sha256", metavar="HEX", help="refuse a config with another digest")

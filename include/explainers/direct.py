@@ -47,6 +47,8 @@ class DirectRequest:
     output_scale: str | None = None
     class_names: tuple[str, ...] = ()
     skops_trusted: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
+    endpoint_output: str | None = None
     output_format: str = "json"
 
 
@@ -159,6 +161,8 @@ def run_direct(request: DirectRequest) -> dict[str, Any]:
                 output_scale=request.output_scale,
                 class_names=tuple(request.class_names),
                 skops_trusted=tuple(request.skops_trusted),
+                headers=tuple(request.headers),
+                endpoint_output=request.endpoint_output,
             ),
             entity=entity,
         )

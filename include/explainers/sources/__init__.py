@@ -43,11 +43,13 @@ SOURCE_MODULES: dict[str, str] = {
     "xgboost": "include.explainers.sources.trees",
     "lightgbm": "include.explainers.sources.trees",
     "skops": "include.explainers.sources.trees",
+    "oip": "include.explainers.sources.oip",
 }
 
 SAFE_FORMATS = (
     "TorchScript (torch.jit.save), torch.export (torch.export.save, .pt2), ONNX, XGBoost JSON/UBJ "
-    "(Booster.save_model), LightGBM text (Booster.save_model), scikit-learn via skops (skops.io.dump)"
+    "(Booster.save_model), LightGBM text (Booster.save_model), scikit-learn via skops (skops.io.dump), "
+    "or serve it behind an Open Inference Protocol endpoint (oip:URL)"
 )
 # Suffixes of formats that execute code while loading (pickle and its relatives).
 CODE_ON_LOAD_SUFFIXES = (".pkl", ".pickle", ".joblib", ".dill", ".cloudpickle", ".sav")
@@ -147,6 +149,9 @@ class SourceModel:
     n_inputs: int | None = None
     dtype: Any = None  # torch dtype the module takes (None: its parameters')
     native: Any = None  # the library's own model object (TreeSHAP reads it)
+    # Sources that learn what the model returns from one call (an endpoint's output name):
+    # called with the feature count when ``output`` is None.
+    infer_output: Callable[[int], OutputSpec | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +163,8 @@ class LoadOptions:
     class_names: tuple[str, ...] = ()
     skops_trusted: tuple[str, ...] = ()  # skops: types trusted beyond skops' own defaults
     version: str | None = None
+    headers: tuple[str, ...] = ()  # oip: "NAME: VALUE" request headers (VALUE "env:VAR" reads $VAR)
+    endpoint_output: str | None = None  # oip: the output to request (e.g. predict_proba)
 
 
 @dataclass(frozen=True)
@@ -297,10 +304,14 @@ def model_from_source(
     loaded = source.load(ref.location, options)
     columns = tuple(str(c) for c in columns)
     check_inputs(loaded, columns, str(ref))
-    output = check_task(options, loaded.output)
-    if output is None:
-        output = _probe_output(loaded, len(columns))
+    inferred = loaded.output
+    if inferred is None and loaded.infer_output is not None:
+        inferred = loaded.infer_output(len(columns))
+    output = check_task(options, inferred or _probe_output(loaded, len(columns)))
+    assert output is not None
     n_out = _probe_width(loaded, len(columns))
+    if options.task is None and output.task == "binary" and n_out > 2:  # probabilities of K classes
+        output = OutputSpec("multiclass", output.scale, output.class_names)
     if output.task == "multiclass":
         names = output.class_names or tuple(str(k) for k in range(n_out))
         if len(names) != n_out:
