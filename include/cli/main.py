@@ -448,8 +448,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--output-format", choices=("json", "parquet"), default="json", help="with --model")
     explain.add_argument("--config-sha256", metavar="HEX", help="refuse a config with another digest")
     explain.add_argument("--out", required=True, metavar="DIR", help="output folder or s3:// prefix")
-    explain.add_argument("--model-uri", metavar="URI", help="s3:// prefix holding model.pt and model.json")
-    explain.add_argument("--model-sha256", metavar="HEX", help="expected sha256 of the fetched model.pt")
+    explain.add_argument(
+        "--model-uri",
+        metavar="URI",
+        help="s3:// prefix holding model.pt and model.json; for a catalogue model with a source, the "
+        "s3:// copy of its artifact to read instead of the declared location",
+    )
+    explain.add_argument(
+        "--model-sha256", metavar="HEX", help="expected sha256 of the fetched model artifact"
+    )
     explain.add_argument("--inference", metavar="URI", help="inference frame (Parquet path or s3:// URI)")
     explain.add_argument("--background", metavar="URI", help="background frame (Parquet path or s3:// URI)")
     explain.add_argument(

@@ -470,12 +470,29 @@ def _section_model(data: Loaded) -> Markup:
     run_summary = as_dict(data.run_summary)
     libraries = as_dict(run_summary.get("libraries"))
     runtime = as_dict(run_summary.get("runtime"))
+    source = as_dict(model.get("source"))
+    artifacts = [as_dict(a) for a in as_list(source.get("artifacts"))]
     return Markup(
         kv_table(
             [
                 ("Name", model.get("name")),
                 ("Version", model.get("version")),
                 ("Artifact digest (sha256)", code(model.get("sha256")) if model.get("sha256") else None),
+                # a team's own model: what was loaded, from where, byte for byte
+                ("Source", f"{source.get('source')} ({source.get('format')})" if source else None),
+                ("Location", code(source.get("uri")) if source else None),
+                (
+                    "Artifacts loaded",
+                    Markup(
+                        ", ".join(
+                            f"{esc(a.get('path'))} ({num(a.get('bytes'))} bytes, "
+                            f"sha256 {code(a.get('sha256'))})"
+                            for a in artifacts
+                        )
+                    )
+                    if artifacts
+                    else None,
+                ),
                 ("Architecture", model.get("architecture")),
                 ("Task", model.get("task")),
                 ("Explained output", summary.get("explained_output")),

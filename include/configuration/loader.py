@@ -214,10 +214,12 @@ def parse_config_text(text: str, path: Path | str) -> LoadedConfig:
     # Policy problems about fields the schema already refused would only repeat them.
     reported = {loc for loc, _ in located}
     located.extend((loc, msg) for loc, msg in policy_problems if loc not in reported)
-    if located:
+    elsewhere = catalogue_problems(model_name) if isinstance(model_name, str) else []
+    if located or elsewhere:
         index = _line_index(text)
         raise ConfigError(
             [Problem(shown, _line_for(index, loc), format_location(loc), msg) for loc, msg in located]
+            + elsewhere
         )
     assert config is not None
     return LoadedConfig(
@@ -227,6 +229,24 @@ def parse_config_text(text: str, path: Path | str) -> LoadedConfig:
         text=text,
         defaults_applied=tuple(applied),
     )
+
+
+def catalogue_problems(model_name: str, path: Path = MODEL_CATALOGUE_PATH) -> list[Problem]:
+    """Problems of ``model_name``'s ``source`` block in the model catalogue, located in that file."""
+    entry = model_catalogue(path).get(model_name)
+    if not isinstance(entry, dict) or "source" not in entry:
+        return []
+    from include.explainers.sources import SourceDeclaration
+
+    _, problems = SourceDeclaration.parse(entry["source"])
+    if not problems:
+        return []
+    index = _line_index(path.read_text())
+    out = []
+    for problem in problems:
+        loc = ("models", model_name, *problem.field.split("."))
+        out.append(Problem(str(path), _line_for(index, loc), format_location(loc), problem.message))
+    return out
 
 
 def load_config(path: Path | str) -> LoadedConfig:

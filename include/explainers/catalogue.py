@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from include.explainers.sources import SourceDeclaration, SourceProblem
+
 
 @dataclass(frozen=True)
 class CatalogueEntry:
@@ -18,8 +20,14 @@ class CatalogueEntry:
     feature_service: str
     default_version: str
     entity: str
-    task: str  # "binary" | "multiclass"
+    task: str  # "binary" | "multiclass" | "regression"; "" for a source model that says itself
     description: str
+    # A user's own model (include/explainers/sources): where its artifact lives. None: the model
+    # store's model.pt + model.json, built from ``architecture``.
+    source: SourceDeclaration | None = None
+    source_problems: tuple[SourceProblem, ...] = ()
+    inputs: tuple[str, ...] | None = None  # feature columns in order (default: the feature service's)
+    class_names: tuple[str, ...] = ()
 
 
 def _load_catalogue() -> dict[str, CatalogueEntry]:
@@ -27,18 +35,26 @@ def _load_catalogue() -> dict[str, CatalogueEntry]:
     and for the runtime)."""
     from include.configuration.loader import model_catalogue
 
-    return {
-        name: CatalogueEntry(
+    out = {}
+    for name, entry in model_catalogue().items():
+        source, problems = (None, [])
+        if "source" in entry:
+            source, problems = SourceDeclaration.parse(entry["source"])
+        inputs = entry.get("inputs")
+        out[name] = CatalogueEntry(
             name=name,
-            architecture=str(entry["architecture"]),
+            architecture=str(entry.get("architecture", "")),
             feature_service=str(entry["featureService"]),
             default_version=str(entry["defaultVersion"]),
             entity=str(entry["entity"]),
-            task=str(entry["task"]),
+            task=str(entry.get("task", "")),
             description=str(entry.get("description", "")),
+            source=source,
+            source_problems=tuple(problems),
+            inputs=tuple(str(c) for c in inputs) if isinstance(inputs, list) else None,
+            class_names=tuple(str(c) for c in entry.get("classNames") or ()),
         )
-        for name, entry in model_catalogue().items()
-    }
+    return out
 
 
 MODEL_CATALOGUE: dict[str, CatalogueEntry] = _load_catalogue()

@@ -147,6 +147,55 @@ def save_model(
     return target
 
 
+def is_source_model(name: str) -> bool:
+    """Whether the catalogue declares ``name`` with a ``source`` (a user's own artifact)."""
+    entry = MODEL_CATALOGUE.get(name)
+    return entry is not None and (entry.source is not None or bool(entry.source_problems))
+
+
+def load_source_model(
+    name: str,
+    version: str,
+    columns: Sequence[str],
+    *,
+    location: str | None = None,
+    expected_sha256: str | None = None,
+) -> LoadedModel:
+    """Load catalogue model ``name`` from its declared source, fed ``columns`` in order.
+
+    ``location`` replaces the declared one (a pod reads the copy the run staged in object storage;
+    ``expected_sha256`` then pins its bytes).
+    """
+    from include.explainers.sources import LoadOptions, ModelRef, model_from_source
+    from include.paths import xac_home
+
+    entry = MODEL_CATALOGUE[name]
+    if entry.source is None:
+        problems = "; ".join(f"{p.field}: {p.message}" for p in entry.source_problems)
+        raise ModelLoadError(f"model {name!r}: invalid source in the model catalogue: {problems}")
+    source = entry.source
+    declared_columns = entry.inputs or tuple(columns)
+    ref = ModelRef(source.type, location or source.location(str(version), str(xac_home())))
+    options = LoadOptions(
+        task=entry.task or None,
+        output_scale=source.output_scale,
+        class_names=entry.class_names,
+        skops_trusted=source.trusted_types,
+        version=str(version),
+        headers=source.headers,
+        endpoint_output=source.output,
+    )
+    return model_from_source(
+        ref,
+        declared_columns,
+        options=options,
+        entity=entry.entity,
+        name=name,
+        version=str(version),
+        expected_sha256=expected_sha256,
+    )
+
+
 def load_model(name: str, version: str) -> LoadedModel:
     """Load ``name``/``version`` from the store.
 

@@ -77,6 +77,10 @@ class ExplainRequest:
     # A model already loaded from a source (include.explainers.sources); None: the model store's
     # model_name/model_version.
     model: LoadedModel | None = None
+    # A catalogue model with a source: a copy of its artifact to read instead of the declared
+    # location (what a run staged for its pods), and the sha256 it must have.
+    model_location: str | None = None
+    model_sha256: str | None = None
 
 
 @dataclass
@@ -226,8 +230,9 @@ def _sorted_by_entity(frame: pd.DataFrame, entity: str) -> pd.DataFrame:
 def _prepare(request: ExplainRequest) -> _Plan:
     """All validation; no side effects (nothing written)."""
     from include.explainers.base import get_explainer
+    from include.explainers.catalogue import MODEL_CATALOGUE
     from include.explainers.device import device_for, requested_device
-    from include.explainers.model_store import load_model
+    from include.explainers.model_store import is_source_model, load_model, load_source_model
     from include.explainers.params import KERNEL_SHAP, method_parameters, normalise_params
 
     timings: dict[str, float] = {}
@@ -237,7 +242,24 @@ def _prepare(request: ExplainRequest) -> _Plan:
     raw_params = {} if request.params is None else request.params
     if not isinstance(raw_params, dict):
         raise ParameterError(f"params must be a mapping, got {type(raw_params).__name__}")
-    loaded = request.model or load_model(request.model_name, str(request.model_version))
+    inference = None
+    if request.model is not None:
+        loaded = request.model
+    elif is_source_model(request.model_name):
+        # A user's model is fed the feature service's columns as retrieved (entity and event time
+        # aside), unless the catalogue lists its inputs; the artifact's own input names are checked.
+        inference = _read_frame(request.inference_path, "inference")
+        entity = MODEL_CATALOGUE[request.model_name].entity
+        columns = [c for c in inference.columns if c not in (entity, "event_timestamp")]
+        loaded = load_source_model(
+            request.model_name,
+            str(request.model_version),
+            columns,
+            location=request.model_location,
+            expected_sha256=request.model_sha256,
+        )
+    else:
+        loaded = load_model(request.model_name, str(request.model_version))
     model = loaded.explained()
     explainer = get_explainer(request.method)
     explainer.check_model(model)
@@ -257,7 +279,8 @@ def _prepare(request: ExplainRequest) -> _Plan:
     if check_params is not None:
         check_params(model, params)  # checks that need the parameters (e.g. ExactShapley's player cap)
 
-    inference = _read_frame(request.inference_path, "inference")
+    if inference is None:
+        inference = _read_frame(request.inference_path, "inference")
     background = _read_frame(request.background_path, "background")
     _check_frame(inference, "inference", request.inference_path, loaded, need_entity=True)
     _check_frame(background, "background", request.background_path, loaded, need_entity=False)

@@ -6,7 +6,8 @@ first, so the explainer never runs on data that did not pass its expectations.
 
 A pod shares no file system with the Airflow worker, so everything can travel through object
 storage: the config (``--config s3://...`` with ``--config-sha256``), the model
-(``--model-uri s3://.../`` holding ``model.pt`` + ``model.json``, checked against ``--model-sha256``)
+(``--model-uri s3://.../`` holding ``model.pt`` + ``model.json``, checked against ``--model-sha256``;
+for a catalogue model declared by its ``source``, the staged copy of its artifact, pinned the same way)
 and the outputs (``--out s3://bucket/prefix/``: computed in a local folder, then uploaded with
 ``run_summary.json`` last, after clearing what an earlier try of the same shard left there, so a
 retried shard never leaves duplicate or stale objects and the marker means "complete").
@@ -161,7 +162,10 @@ def run_explain_job(
     settings = spec.explainerConfig
     assert settings is not None  # the policy gate guarantees an explainer
     version = model_version or spec.modelVersion or str(model_catalogue()[spec.modelName]["defaultVersion"])
-    if model_uri:
+    from include.explainers.model_store import is_source_model
+
+    source_model = is_source_model(spec.modelName)
+    if model_uri and not source_model:
         fetch_model(model_uri, spec.modelName, version, model_sha256)
     inputs = out_dir.parent / f".{out_dir.name}.inputs"
     if (inference_uri is None) != (background_uri is None):
@@ -201,6 +205,9 @@ def run_explain_job(
         output_format=spec.outputFormat,
         shard_index=shard[0],
         shard_count=shard[1],
+        # a user's model: the pod reads the copy the run staged (its sha256 pinned), not the worker's path
+        model_location=model_uri if source_model else None,
+        model_sha256=model_sha256 if source_model and model_uri else None,
     )
     try:
         return run_explain(request)

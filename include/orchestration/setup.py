@@ -20,6 +20,9 @@ def prepare_samples(force: bool = False) -> Iterator[str]:
     yield "feast apply: registry up to date"
     models = train_sample_models(force=force)
     yield f"models: {', '.join(str(p) for p in models.values())}"
+    from include.samples.xgboost_model import train_xgboost_sample
+
+    yield f"a team's own model (XGBoost, declared by its source): {train_xgboost_sample(force=force)}"
     load_or_create_signing_key(default_signing_key_path())
     yield f"signing key: {default_signing_key_path()}"
     yield f"set-up done in {time.perf_counter() - started:.1f}s"

@@ -138,6 +138,37 @@ def _explain_arguments(
     return arguments
 
 
+def _stage_source_model(
+    ctx: dict[str, Any], bucket: str, prefix: str, s3_client: Any
+) -> dict[str, str] | None:
+    """A user's model for the pods: a file on this worker is copied to the run's staging prefix
+    (pods share no disk with it) and pinned by sha256; an ``s3://`` object or an endpoint is read
+    by the pods where it is. None for a model of the model store."""
+    from include.explainers.catalogue import MODEL_CATALOGUE
+    from include.explainers.model_store import is_source_model
+    from include.orchestration.pipeline import StageFailed
+    from include.paths import xac_home
+
+    if not is_source_model(ctx["model_name"]):
+        return None
+    source = MODEL_CATALOGUE[ctx["model_name"]].source
+    if source is None:
+        raise StageFailed(
+            f"model {ctx['model_name']!r}: invalid source in the model catalogue: no pod was started"
+        )
+    location = source.location(str(ctx["model_version"]), str(xac_home()))
+    if source.type == "oip" or location.startswith("s3://"):
+        return {}
+    from include.digests import sha256_file
+
+    path = Path(location).expanduser()
+    if not path.is_file():
+        raise StageFailed(f"model {ctx['model_name']!r}: {location} not found: no pod was started")
+    key = f"{prefix}model/{path.name}"
+    s3_client.upload_file(str(path), bucket, key)
+    return {"model": f"s3://{bucket}/{key}", "model_sha256": sha256_file(path)}
+
+
 def _stage_for_pods(ctx: dict[str, Any], base: str, s3_client: Any) -> dict[str, str]:
     """Upload the config and the model the pods need (they share no files with this worker)."""
     from include.compliance import parse_s3_uri
@@ -147,6 +178,9 @@ def _stage_for_pods(ctx: dict[str, Any], base: str, s3_client: Any) -> dict[str,
     bucket, prefix = parse_s3_uri(base)
     prefix = prefix.rstrip("/") + "/"
     s3_client.upload_file(ctx["config_path"], bucket, prefix + "config.yaml")
+    staged_source = _stage_source_model(ctx, bucket, prefix, s3_client)
+    if staged_source is not None:
+        return {"config": f"{base}config.yaml", **staged_source}
     folder = model_dir(ctx["model_name"], ctx["model_version"])
     weights = folder / "model.pt"
     if not weights.is_file() or not (folder / "model.json").is_file():
@@ -233,7 +267,8 @@ def _pod_shards(
         for index in range(count):
             out = shard_out(ctx, base, index, count)
             argv = ["xac", "explain", *_explain_arguments(ctx, provenance, params, out, staged["config"])]
-            argv += ["--model-uri", staged["model"], "--model-sha256", staged["model_sha256"]]
+            if "model" in staged:
+                argv += ["--model-uri", staged["model"], "--model-sha256", staged["model_sha256"]]
             pod = plan_pod(loaded.config, profile, run.shard(index, count), argv, template=template)
             kwargs = pod.shard_kpo_kwargs()
             kwargs["annotations"][STAGING_ANNOTATION] = base

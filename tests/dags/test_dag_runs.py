@@ -71,7 +71,13 @@ def _task_states(dag_run: Any) -> dict[str, str | None]:
 
 
 @pytest.mark.parametrize(
-    "dag_id", ["diagnosis-risk-kernelshap", "multimodal-digits-ig", "image-classifier-shap-explainer"]
+    "dag_id",
+    [
+        "diagnosis-risk-kernelshap",
+        "multimodal-digits-ig",
+        "image-classifier-shap-explainer",
+        "diagnosis-risk-treeshap",  # a team's own XGBoost booster, declared by its source
+    ],
 )
 def test_sample_dag_publishes_a_bundle_that_verifies(dagbag, dag_id: str, tmp_path: Path) -> None:
     from include.compliance import download_bundle, list_bundles, verify_bundle
@@ -116,6 +122,18 @@ def test_sample_dag_publishes_a_bundle_that_verifies(dagbag, dag_id: str, tmp_pa
     assert cost["total"] > 0 and cost["explanations"] == len(explanations)
     fidelity = json.loads((local / "fidelity.json").read_text())
     assert fidelity["aggregate"] >= json.loads((local / "fidelity_gate.json").read_text())["threshold"]
+
+    document = json.loads(explanations[0].read_text())
+    if (
+        dag_id == "diagnosis-risk-treeshap"
+    ):  # the signed bundle pins the booster that was loaded, byte for byte
+        from include.digests import sha256_file
+        from include.samples.xgboost_model import model_file
+
+        source = document["model"]["source"]
+        assert source["source"] == "xgboost" and source["uri"] == str(model_file())
+        assert source["artifacts"][0]["sha256"] == sha256_file(model_file()) == document["model"]["sha256"]
+        assert "model.ubj" in (local / "report.html").read_text()
 
     tampered = tmp_path / "tampered"
     shutil.copytree(local, tampered)

@@ -147,7 +147,13 @@ def _bundle(dag_id: str, dag_run: Any, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "dag_id", ["diagnosis-risk-kernelshap", "multimodal-digits-ig", "image-classifier-shap-explainer"]
+    "dag_id",
+    [
+        "diagnosis-risk-kernelshap",
+        "multimodal-digits-ig",
+        "image-classifier-shap-explainer",
+        "diagnosis-risk-treeshap",  # a team's own booster: staged to S3 for the pods, pinned by sha256
+    ],
 )
 def test_sample_dag_runs_its_shards_as_pods_and_prices_them(
     dagbag: Any, kube: Any, dag_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
@@ -166,6 +172,15 @@ def test_sample_dag_runs_its_shards_as_pods_and_prices_them(
     # deferrable mode: each operator deferred and dag.test() ran its trigger (kubernetes_asyncio)
     assert caplog.text.count("running trigger in line") >= len(pods)
     assert {p["spec"]["containers"][0]["command"][0] for p in pods} == {"xac"}
+    if dag_id == "diagnosis-risk-treeshap":
+        from include.digests import sha256_file
+        from include.samples.xgboost_model import model_file
+
+        for pod in pods:
+            args = pod["spec"]["containers"][0]["args"]
+            staged = args[args.index("--model-uri") + 1]
+            assert staged.startswith("s3://") and staged.endswith("/model/model.ubj")
+            assert args[args.index("--model-sha256") + 1] == sha256_file(model_file())
 
     bundle = _bundle(dag_id, dag_run, tmp_path)
     explanations = sorted((bundle / "explanations").iterdir())

@@ -383,3 +383,48 @@ def test_usage_errors(models: dict[str, str], data_files: dict[str, Path], tmp_p
     )
     assert _explain("xgboost:/nonexistent/model.json", data_files["data"], tmp_path / "o", "KernelSHAP") == 3
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.integration
+def test_models_and_frames_from_object_storage(
+    models: dict[str, str], data_files: dict[str, Path], tmp_path: Path
+) -> None:
+    from include.embedded import s3_server
+    from include.storage import s3_client
+
+    with s3_server.environment():
+        client = s3_client()
+        client.create_bucket(Bucket="team-models")
+        client.upload_file(models["lightgbm"].split(":", 1)[1], "team-models", "risk/3/model.txt")
+        client.upload_file(str(data_files["csv"]), "team-models", "frames/rows.csv")
+        code = _explain(
+            "lightgbm:s3://team-models/risk/3/model.txt",
+            data_files["data"],
+            tmp_path / "a",
+            "TreeSHAP",
+        )
+        assert code == 0
+        doc = _docs(tmp_path / "a")[0]
+        assert doc["model"]["source"]["uri"] == "s3://team-models/risk/3/model.txt"
+        code = xac(
+            [
+                "explain",
+                "--model",
+                "lightgbm:s3://team-models/risk/3/model.txt",
+                "--data",
+                "s3://team-models/frames/rows.csv",
+                "--id-column",
+                "patient",
+                "--method",
+                "Occlusion",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        assert code == 0 and len(_docs(tmp_path / "b")) == 10
+        assert (
+            _explain(
+                "lightgbm:s3://team-models/risk/9/model.txt", data_files["data"], tmp_path / "c", "TreeSHAP"
+            )
+            == 3
+        )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,81 @@ class ModelSource:
     load: Callable[[str, LoadOptions], SourceModel]
 
 
+# A model version joined into a source's location: no path separators, no "..", bounded.
+VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SOURCE_FIELDS = ("type", "uri", "trustedTypes", "output", "headers", "outputScale")
+
+
+@dataclass(frozen=True)
+class SourceProblem:
+    """One problem of a model's ``source`` block in the model catalogue: its field and what is wrong."""
+
+    field: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SourceDeclaration:
+    """A catalogue model's ``source`` (include/configs/models.yaml): where its artifact lives.
+
+    ``uri`` may hold ``{version}`` (the run's model version, checked against VERSION_PATTERN) and
+    ``{xac_home}`` (the embedded default's state folder).
+    """
+
+    type: str
+    uri: str
+    trusted_types: tuple[str, ...] = ()
+    output: str | None = None
+    headers: tuple[str, ...] = ()
+    output_scale: str | None = None
+
+    @classmethod
+    def parse(cls, data: Any) -> tuple[SourceDeclaration | None, list[SourceProblem]]:
+        """The declaration, or the problems found (each naming its field)."""
+        if not isinstance(data, dict):
+            return None, [SourceProblem("source", "expected a mapping with type and uri")]
+        problems = [
+            SourceProblem(f"source.{k}", f"unknown field; known: {', '.join(SOURCE_FIELDS)}")
+            for k in data
+            if k not in SOURCE_FIELDS
+        ]
+        kind, uri = data.get("type"), data.get("uri")
+        if kind not in SOURCE_MODULES:
+            problems.append(
+                SourceProblem("source.type", f"{kind!r} is not one of {', '.join(known_sources())}")
+            )
+        if not isinstance(uri, str) or not uri.strip() or len(uri) > 2048:
+            problems.append(
+                SourceProblem("source.uri", "a path, s3:// URI or V2 URL of at most 2048 characters")
+            )
+        lists = {}
+        for key in ("trustedTypes", "headers"):
+            value = data.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                problems.append(SourceProblem(f"source.{key}", "expected a list of strings"))
+                value = []
+            lists[key] = tuple(value)
+        output, scale = data.get("output"), data.get("outputScale")
+        if output is not None and (not isinstance(output, str) or not output):
+            problems.append(SourceProblem("source.output", "expected an output name"))
+        if scale is not None and scale not in ("logits", "probabilities", "raw"):
+            problems.append(SourceProblem("source.outputScale", "one of logits, probabilities, raw"))
+        if problems:
+            return None, problems
+        return (
+            cls(str(kind), str(uri), lists["trustedTypes"], output, lists["headers"], scale),
+            [],
+        )
+
+    def location(self, version: str, xac_home: str) -> str:
+        if "{version}" in self.uri and not VERSION_PATTERN.match(version):
+            raise ModelLoadError(
+                f"model version {version!r} cannot name a location: use letters, digits, '.', '_' and '-' "
+                "(at most 64, not starting with '.' or '-')"
+            )
+        return self.uri.replace("{version}", version).replace("{xac_home}", xac_home)
+
+
 def known_sources() -> list[str]:
     return list(SOURCE_MODULES)
 
@@ -286,6 +362,9 @@ def model_from_source(
     *,
     options: LoadOptions | None = None,
     entity: str = "row_id",
+    name: str | None = None,
+    version: str | None = None,
+    expected_sha256: str | None = None,
 ) -> LoadedModel:
     """Load ``ref`` and check it against the tabular feature ``columns`` it is to be fed, in order.
 
@@ -322,9 +401,14 @@ def model_from_source(
             raise ModelLoadError(f"{ref}: task binary, but the model returns {n_out} columns per row")
         output = OutputSpec(output.task, output.scale, output.class_names or ("0", "1"))
     origin = loaded.origin
+    if expected_sha256 is not None and origin.sha256 != expected_sha256:
+        raise ModelLoadError(
+            f"{ref}: the loaded model has sha256 {origin.sha256}, expected {expected_sha256} "
+            "(the artifact changed after the run staged it)"
+        )
     metadata = {
-        "name": Path(origin.uri).stem or ref.source,
-        "version": origin.version or origin.sha256[:12],
+        "name": name or Path(origin.uri).stem or ref.source,
+        "version": version or origin.version or origin.sha256[:12],
         "architecture": f"{ref.source} model",
         "source": origin.to_json(),
         "inputs": {"entity": entity, "modalities": []},
@@ -417,6 +501,7 @@ __all__ = [
     "ModelRef",
     "ModelSource",
     "OutputSpec",
+    "SourceDeclaration",
     "SourceModel",
     "get_source",
     "known_sources",
