@@ -192,3 +192,45 @@ def test_schema_choices_agree_with_the_explainer_runtime() -> None:
     assert integration_methods == set(INTEGRATION_METHODS)
     assert set(get_args(fields["backgroundDataStrategy"].annotation)) == set(BACKGROUND_STRATEGIES)
     assert set(get_args(fields["method"].annotation)) == set(known_methods())
+
+
+def test_a_bad_model_source_in_the_catalogue_is_located_by_file_line_and_field(tmp_path: Path) -> None:
+    from include.configuration.loader import catalogue_problems, model_catalogue
+
+    catalogue = tmp_path / "models.yaml"
+    catalogue.write_text(
+        "models:\n"
+        "  risk:\n"
+        "    featureService: fs\n"
+        "    source:\n"
+        "      type: pickle\n"
+        "      uri: ''\n"
+        "      trustedTypes: sklearn.tree._tree.Tree\n"
+        "      colour: red\n"
+        "  fine:\n"
+        "    source: {type: onnx, uri: 's3://models/fine/{version}/model.onnx'}\n"
+    )
+    problems = {(p.line, p.field): p.message for p in catalogue_problems("risk", catalogue)}
+    assert set(problems) == {
+        (5, "models.risk.source.type"),
+        (6, "models.risk.source.uri"),
+        (7, "models.risk.source.trustedTypes"),
+        (8, "models.risk.source.colour"),
+    }, problems
+    assert "'pickle' is not one of torchscript" in problems[(5, "models.risk.source.type")]
+    assert all(p.path == str(catalogue) for p in catalogue_problems("risk", catalogue))
+    assert catalogue_problems("fine", catalogue) == [] and model_catalogue(catalogue)["fine"]
+
+
+def test_a_model_version_cannot_walk_out_of_its_source_location() -> None:
+    import pytest
+
+    from include.explainers.errors import ModelLoadError
+    from include.explainers.sources import SourceDeclaration
+
+    declared, problems = SourceDeclaration.parse({"type": "xgboost", "uri": "s3://models/risk/{version}/m.json"})
+    assert declared is not None and not problems
+    assert declared.location("3.1-rc_2", "/home") == "s3://models/risk/3.1-rc_2/m.json"
+    for version in ("../other-model/1", "a/b", ".hidden", "x" * 65, ""):
+        with pytest.raises(ModelLoadError, match="cannot name a location"):
+            declared.location(version, "/home")
