@@ -404,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         metavar="SOURCE:LOCATION",
         help="a model to explain without a config: torchscript, torch-export, onnx, xgboost, lightgbm or "
-        "skops (then a path or s3:// URI), or oip (then the model's V2 URL), e.g. onnx:model.onnx",
+        "skops (then a path or s3:// URI), mlflow (then models:/NAME/VERSION, models:/NAME@ALIAS or "
+        "runs:/RUN/PATH) or oip (then the model's V2 URL), e.g. onnx:model.onnx",
     )
     explain.add_argument("--data", metavar="FRAME", help="with --model: Parquet or CSV rows to explain")
     explain.add_argument("--method", metavar="METHOD", help="with --model: KernelSHAP, TreeSHAP, LIME, ...")

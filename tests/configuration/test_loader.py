@@ -228,7 +228,9 @@ def test_a_model_version_cannot_walk_out_of_its_source_location() -> None:
     from include.explainers.errors import ModelLoadError
     from include.explainers.sources import SourceDeclaration
 
-    declared, problems = SourceDeclaration.parse({"type": "xgboost", "uri": "s3://models/risk/{version}/m.json"})
+    declared, problems = SourceDeclaration.parse(
+        {"type": "xgboost", "uri": "s3://models/risk/{version}/m.json"}
+    )
     assert declared is not None and not problems
     assert declared.location("3.1-rc_2", "/home") == "s3://models/risk/3.1-rc_2/m.json"
     for version in ("../other-model/1", "a/b", ".hidden", "x" * 65, ""):

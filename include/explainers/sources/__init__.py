@@ -45,6 +45,7 @@ SOURCE_MODULES: dict[str, str] = {
     "lightgbm": "include.explainers.sources.trees",
     "skops": "include.explainers.sources.trees",
     "oip": "include.explainers.sources.oip",
+    "mlflow": "include.explainers.sources.mlflow_registry",
 }
 
 SAFE_FORMATS = (
