@@ -357,10 +357,74 @@ def cmd_provenance_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CHECK_FAILED
-    result = run_provenance_for_config(loaded, out_dir=Path(args.out), inference_ids=args.inference_ids)
+    from include.provenance.expectations import SuiteError
+
+    try:
+        result = run_provenance_for_config(loaded, out_dir=Path(args.out), inference_ids=args.inference_ids)
+    except SuiteError as exc:
+        print(f"xac provenance check: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
     print(result.summary)
     print(("PASSED" if result.passed else "FAILED") + f": provenance written to {result.provenance_path}")
     return EXIT_OK if result.passed else EXIT_CHECK_FAILED
+
+
+def cmd_expectations_init(args: argparse.Namespace) -> int:
+    """Draft a feature service's suite (GX 1.x JSON) for a person to review and commit."""
+    from include.provenance.expectations import DEFAULT_SUITES_DIR, suite_dirs
+    from include.provenance.feature_data import UnknownFeatureServiceError
+    from include.provenance.suite_draft import draft_for_service
+
+    target = Path(args.out) if args.out else suite_dirs()[0] / f"{args.feature_service}.json"
+    if target.exists() and not args.force:
+        print(
+            f"xac expectations init: {target} exists (review it, or pass --force to replace it)",
+            file=sys.stderr,
+        )
+        return EXIT_CHECK_FAILED
+    try:
+        draft = draft_for_service(
+            args.feature_service, reference=Path(args.reference) if args.reference else None
+        )
+    except (UnknownFeatureServiceError, ValueError) as exc:
+        print(f"xac expectations init: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(draft, indent=2) + "\n")
+    os.replace(tmp, target)
+    where = (
+        "" if target.parent in (DEFAULT_SUITES_DIR, *suite_dirs()) else " (move it where suites are found)"
+    )
+    print(
+        f"{target}: {len(draft['expectations'])} expectations drafted; review the ranges, then commit{where}"
+    )
+    return EXIT_OK
+
+
+def cmd_expectations_check(args: argparse.Namespace) -> int:
+    """Check suite files against their feature services: each expectation GX accepts, each column known."""
+    from include.provenance.expectations import SuiteError, all_suites
+    from include.provenance.feature_data import get_store
+    from include.provenance.retrieval import service_spec
+    from include.provenance.suites import suite_expectations
+
+    try:
+        names = args.feature_service or [suite.name for suite in all_suites()]
+    except SuiteError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    store = get_store()
+    failed = 0
+    for name in names:
+        try:
+            count = len(suite_expectations(service_spec(store, name)))
+        except (SuiteError, ValueError) as exc:
+            failed += 1
+            print(exc, file=sys.stderr)
+            continue
+        print(f"{name}: ok ({count} expectations)")
+    return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
 def cmd_samples_prepare(args: argparse.Namespace) -> int:
@@ -524,6 +588,26 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", default=os.environ.get("TMPDIR", "/tmp") + "/xac-provenance", metavar="DIR")
     check.add_argument("--inference-ids", nargs="+", metavar="ID")
     check.set_defaults(func=cmd_provenance_check)
+
+    expectations = sub.add_parser(
+        "expectations", help="expectation suites kept as data (GX 1.x JSON or YAML)"
+    )
+    expectations_sub = expectations.add_subparsers(dest="expectations_command", required=True)
+    draft = expectations_sub.add_parser(
+        "init", help="draft a feature service's suite from the Feast schema and a reference frame"
+    )
+    draft.add_argument("--feature-service", required=True, metavar="NAME")
+    draft.add_argument("--reference", metavar="FRAME", help="Parquet/CSV rows (default: the batch sources)")
+    draft.add_argument("--out", metavar="FILE", help="default: <suites folder>/<feature service>.json")
+    draft.add_argument("--force", action="store_true", help="replace an existing file")
+    draft.set_defaults(func=cmd_expectations_init)
+    suites_check = expectations_sub.add_parser(
+        "check", help="check suite files against their feature services"
+    )
+    suites_check.add_argument(
+        "--feature-service", nargs="+", metavar="NAME", help="default: every suite file"
+    )
+    suites_check.set_defaults(func=cmd_expectations_check)
 
     cost = sub.add_parser("cost", help="price one finished Kubernetes pod as FOCUS rows (JSON)")
     cost.add_argument("--pod", required=True, metavar="POD.json")

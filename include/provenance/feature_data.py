@@ -43,8 +43,19 @@ class UnknownFeatureServiceError(ValueError):
         self.name = name
 
 
-def load_repo_config() -> RepoConfig:
-    """Load ``feature_store.yaml`` with ``${XAC_HOME}`` resolved from :func:`include.paths.xac_home`.
+def feature_repo_dir() -> Path:
+    """The Feast repository the provenance stage reads: ``XAC_FEATURE_REPO`` (a folder holding
+    ``feature_store.yaml``, relative to the repository root or absolute; a team's own repository,
+    e.g. with a PostgreSQL registry) or, by default, the samples' repository."""
+    configured = os.environ.get("XAC_FEATURE_REPO")
+    if not configured:
+        return FEATURE_REPO_DIR
+    path = Path(configured).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def load_repo_config(repo: Path | None = None) -> RepoConfig:
+    """Load ``<repo>/feature_store.yaml`` with ``${XAC_HOME}`` resolved from :func:`include.paths.xac_home`.
 
     Feast itself expands ``${VAR}`` with ``os.path.expandvars``, which leaves an unset variable
     untouched; ``XAC_HOME`` is optional in this project (it defaults to ``<repo>/.xac``), so it
@@ -53,22 +64,28 @@ def load_repo_config() -> RepoConfig:
     import yaml
     from feast.repo_config import RepoConfig
 
-    from include.feature_repo.definitions import feast_dir
-
-    text = FEATURE_STORE_YAML.read_text(encoding="utf-8")
+    repo = repo or feature_repo_dir()
+    store_yaml = repo / "feature_store.yaml"
+    if not store_yaml.is_file():
+        raise FileNotFoundError(f"no Feast repository at {repo}: {store_yaml} is missing (XAC_FEATURE_REPO)")
+    text = store_yaml.read_text(encoding="utf-8")
     text = os.path.expandvars(text.replace("${XAC_HOME}", str(xac_home())))
     config = RepoConfig(**yaml.safe_load(text))
-    config.repo_path = FEATURE_REPO_DIR
-    # SQLite creates database files but not their folder.
-    feast_dir().mkdir(parents=True, exist_ok=True)
+    config.repo_path = repo
+    if repo == FEATURE_REPO_DIR:
+        from include.feature_repo.definitions import feast_dir
+
+        # SQLite creates database files but not their folder.
+        feast_dir().mkdir(parents=True, exist_ok=True)
     return config
 
 
-def get_store() -> FeatureStore:
-    """A FeatureStore on the project's repository (a new one each call: fresh registry cache)."""
+def get_store(repo: Path | None = None) -> FeatureStore:
+    """A FeatureStore on the configured repository (a new one each call: fresh registry cache)."""
     from feast import FeatureStore
 
-    return FeatureStore(repo_path=str(FEATURE_REPO_DIR), config=load_repo_config())
+    repo = repo or feature_repo_dir()
+    return FeatureStore(repo_path=str(repo), config=load_repo_config(repo))
 
 
 def _source_frames(now: datetime) -> dict[str, pd.DataFrame]:
@@ -125,7 +142,7 @@ def apply_feature_repo() -> None:
     from feast.repo_contents import RepoContents
     from feast.repo_operations import apply_total_with_repo_instance
 
-    store = get_store()
+    store = get_store(FEATURE_REPO_DIR)
     objects = repo_objects()
     contents = RepoContents(
         # The same Project the CLI would build from feature_store.yaml, so that a later

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.digests import sha256_file
 from include.paths import REPO_ROOT
-from include.provenance.feature_data import FEATURE_REPO_DIR, FEATURE_STORE_YAML
+from include.provenance.feature_data import feature_repo_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -128,9 +128,9 @@ def git_state(folder: Path) -> dict[str, Any]:
     }
 
 
-def _definition_digests() -> dict[str, str]:
+def _definition_digests(repo: Path) -> dict[str, str]:
     """SHA-256 of each definitions file: identifies uncommitted definitions too."""
-    files = [FEATURE_STORE_YAML, *sorted(FEATURE_REPO_DIR.glob("*.py"))]
+    files = [repo / "feature_store.yaml", *sorted(repo.glob("*.py"))]
     return {p.name: sha256_file(p) for p in files if p.is_file()}
 
 
@@ -239,7 +239,12 @@ def run_provenance(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    store = get_store()
+    repo = feature_repo_dir()
+    store = get_store(repo)
+    from include.provenance.retrieval import service_spec
+    from include.provenance.suites import suite_expectations
+
+    suite_expectations(service_spec(store, feature_service))  # a bad suite is refused before any data is read
     at = datetime.now(UTC)
     retrieved: RetrievalResult = retrieve_sets(
         store,
@@ -296,9 +301,9 @@ def run_provenance(
             "last_updated": _iso(project.last_updated_timestamp),
         },
         "feature_repo": {
-            "path": FEATURE_REPO_DIR.relative_to(REPO_ROOT).as_posix(),
-            "git": git_state(FEATURE_REPO_DIR),
-            "definitions_sha256": _definition_digests(),
+            "path": repo.relative_to(REPO_ROOT).as_posix() if repo.is_relative_to(REPO_ROOT) else str(repo),
+            "git": git_state(repo),
+            "definitions_sha256": _definition_digests(repo),
         },
         "feature_views": view_records,
         "entity": {

@@ -1,4 +1,10 @@
-"""Great Expectations suites of the feature services, kept as code, and their validation.
+"""Validation of retrieved feature frames with Great Expectations, from suites kept as data.
+
+Each feature service's expectations are a file (:mod:`include.provenance.expectations`: GX 1.x
+suite JSON or the equivalent YAML, found by the service's name). This module adds the contract
+checks the stage itself depends on (the feature service's columns in order, hashed entity keys,
+event times present), builds GX's expectation objects from the file (which checks each type and
+its arguments; a bad one is refused naming the file and the expectation) and runs them.
 
 GX Core 1.x is called directly: an ephemeral (in-memory) context, a pandas data source with
 one dataframe asset and a whole-dataframe batch definition, one ExpectationSuite per feature
@@ -16,66 +22,42 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from include.provenance.expectations import (
+    ExpectationSpec,
+    SuiteError,
+    all_suites,
+    check_columns,
+    declared_ranges,
+    load_suite_file,
+)
 from include.provenance.retrieval import TIMESTAMP_COLUMN, ServiceSpec
-from include.samples.datasets import PIXEL_FEATURES
 
 if TYPE_CHECKING:
     import pandas as pd
     from great_expectations.expectations import Expectation
 
-# Value ranges of the diagnosis features. The Wisconsin data are measurements of cell nuclei
-# in digitised images (lengths in pixels); the bounds are physical limits where one exists and
-# otherwise about twice the largest value in the data, so a unit or scaling error is caught
-# while a real but unusual patient is not.
-TABULAR_RANGES: dict[str, tuple[float, float]] = {
-    "mean_radius": (0.0, 50.0),  # observed 7..28
-    "mean_texture": (0.0, 128.0),  # std. dev. of 8-bit grey levels: at most 127.5
-    "mean_perimeter": (0.0, 350.0),  # ≈ 2π·50, consistent with the radius bound
-    "mean_area": (0.0, 8000.0),  # ≈ π·50², consistent with the radius bound
-    "mean_smoothness": (0.0, 0.5),  # relative local variation of radius lengths, observed ≤ 0.17
-    "mean_compactness": (0.0, 1.0),  # scaled perimeter²/area − 1, observed ≤ 0.35
-    "mean_concavity": (0.0, 1.0),  # observed ≤ 0.43
-    "mean_concave_points": (0.0, 0.5),  # observed ≤ 0.21
-    "mean_symmetry": (0.0, 1.0),  # observed 0.11..0.31
-    "mean_fractal_dimension": (0.0, 1.0),  # "coastline" dimension − 1 of a plane curve: 0..1
-}
-
-# The digits are 8x8 images with 17 grey levels; the scan features are ratios of ink, a
-# top/bottom balance and a standard-normal scanner reading.
-IMAGE_RANGES: dict[str, tuple[float, float]] = {
-    **{px: (0.0, 16.0) for px in PIXEL_FEATURES},
-    "ink_mean": (0.0, 1.0),  # mean of pixels / 16
-    "ink_coverage": (0.0, 1.0),  # share of pixels above a quarter of full ink
-    "vertical_balance": (-1.0, 1.0),  # (top − bottom) / (top + bottom)
-    "scan_noise": (-6.0, 6.0),  # N(0, 1): |x| > 6 has probability ~2e-9 per reading
-}
-
-FEATURE_DTYPE = "float32"  # every feature is declared Float32 in the feature views
 KEY_TYPES = ["object", "str", "string"]
 
 
-def _expectations(spec: ServiceSpec, ranges: Mapping[str, tuple[float, float]]) -> list[Expectation]:
-    """The expectations of one feature service, in reading order."""
+def validated_columns(spec: ServiceSpec) -> list[str]:
+    """The columns of the frame GX sees, in order: key, event time, features, feature ages."""
+    return [spec.entity_key, TIMESTAMP_COLUMN, *spec.features, *(v.age_column for v in spec.views)]
+
+
+def _contract(spec: ServiceSpec) -> list[Expectation]:
+    """What the stage guarantees and relies on, whatever the team's suite says."""
     import great_expectations.expectations as gxe
 
-    unranged = [f for f in spec.features if f not in ranges]
-    if unranged:
-        # A feature added to a view without a range here would go unchecked.
-        raise ValueError(f"suite of {spec.name!r} has no value range for {', '.join(unranged)}")
     key = spec.entity_key
-    ages = [v.age_column for v in spec.views]
-    columns = [key, TIMESTAMP_COLUMN, *spec.features, *ages]
-    out: list[Expectation] = [
-        gxe.ExpectTableRowCountToBeBetween(min_value=1),
+    return [
         gxe.ExpectTableColumnsToMatchOrderedList(
-            column_list=columns,
+            column_list=validated_columns(spec),
             notes="The model reads features by position: the order is part of the contract.",
         ),
-        *(gxe.ExpectColumnToExist(column=c) for c in columns),
         gxe.ExpectColumnValuesToNotBeNull(column=key),
         gxe.ExpectColumnValuesToBeInTypeList(column=key, type_list=KEY_TYPES),
         gxe.ExpectColumnValuesToMatchRegex(
@@ -85,65 +67,36 @@ def _expectations(spec: ServiceSpec, ranges: Mapping[str, tuple[float, float]]) 
         ),
         gxe.ExpectColumnValuesToNotBeNull(column=TIMESTAMP_COLUMN),
     ]
-    for feature in spec.features:
-        low, high = ranges[feature]
-        out += [
-            gxe.ExpectColumnValuesToBeOfType(column=feature, type_=FEATURE_DTYPE),
-            gxe.ExpectColumnValuesToNotBeNull(column=feature),
-            gxe.ExpectColumnValuesToBeBetween(column=feature, min_value=low, max_value=high),
-        ]
-    for view in spec.views:
-        out.append(
-            gxe.ExpectColumnValuesToNotBeNull(
-                column=view.age_column,
-                notes=f"Every entity has a {view.name} row at or before the retrieval time.",
-            )
-        )
-        if view.ttl is not None:
-            out.append(
-                gxe.ExpectColumnMaxToBeBetween(
-                    column=view.age_column,
-                    min_value=0,
-                    max_value=view.ttl.total_seconds(),
-                    notes=f"Freshness: no {view.name} row used is older than the view's ttl ({view.ttl}).",
-                )
-            )
-    return out
 
 
-def diagnosis_risk_tabular_suite(spec: ServiceSpec) -> list[Expectation]:
-    return _expectations(spec, TABULAR_RANGES)
+def _expectation(spec: ExpectationSpec) -> Expectation:
+    """GX's expectation object for one declared expectation (GX checks the type and arguments)."""
+    import great_expectations.expectations as gxe
+
+    class_name = "".join(part.capitalize() for part in spec.type.split("_"))
+    cls = getattr(gxe, class_name, None)
+    if cls is None:
+        raise SuiteError(f"{spec.where}.type: {spec.type!r} is not a Great Expectations 1.x expectation")
+    extra = {"notes": spec.notes} if spec.notes else {}
+    if spec.meta:
+        extra["meta"] = dict(spec.meta)
+    try:
+        return cls(**spec.kwargs, **extra)
+    except Exception as exc:  # pydantic's ValidationError: unknown or ill-typed arguments
+        problems = "; ".join(line.strip() for line in str(exc).splitlines()[1:4] if line.strip())
+        raise SuiteError(f"{spec.where}.kwargs: invalid arguments for {spec.type}: {problems}") from None
 
 
-def multimodal_image_classifier_v3_suite(spec: ServiceSpec) -> list[Expectation]:
-    return _expectations(spec, IMAGE_RANGES)
-
-
-SUITES: dict[str, Callable[[ServiceSpec], list[Expectation]]] = {
-    "diagnosis_risk_tabular": diagnosis_risk_tabular_suite,
-    "multimodal_image_classifier_v3": multimodal_image_classifier_v3_suite,
-}
-
-# The declared value ranges per feature service: the ones the suites above enforce.
-SERVICE_RANGES: dict[str, Mapping[str, tuple[float, float]]] = {
-    "diagnosis_risk_tabular": TABULAR_RANGES,
-    "multimodal_image_classifier_v3": IMAGE_RANGES,
-}
+def suite_expectations(spec: ServiceSpec) -> list[Expectation]:
+    """The contract checks, then the feature service's suite file; SuiteError names file and field."""
+    suite = load_suite_file(spec.name)
+    check_columns(suite, validated_columns(spec))
+    return [*_contract(spec), *(_expectation(e) for e in suite.expectations)]
 
 
 def declared_feature_ranges() -> dict[str, tuple[float, float]]:
-    """Feature name -> (min, max) as declared in the suites (one source for the explainers too).
-
-    The counterfactual search keeps its examples inside these ranges. A feature declared by two
-    services with different ranges would make the answer depend on the service: refused.
-    """
-    out: dict[str, tuple[float, float]] = {}
-    for service, ranges in SERVICE_RANGES.items():
-        for feature, bounds in ranges.items():
-            if feature in out and out[feature] != bounds:
-                raise ValueError(f"feature {feature!r} has different declared ranges (service {service!r})")
-            out[feature] = bounds
-    return out
+    """Feature name -> (min, max) as the suites declare them (one source for the explainers too)."""
+    return declared_ranges(all_suites())
 
 
 @dataclass
@@ -276,14 +229,17 @@ def _quiet_gx() -> Iterator[None]:
 
 
 def validate_frames(spec: ServiceSpec, frames: Mapping[str, pd.DataFrame]) -> ValidationOutcome:
-    """Validate every frame with the feature service's suite; never raises for failed expectations."""
-    if spec.name not in SUITES:
-        raise ValueError(f"no expectation suite is defined for feature service {spec.name!r}")
+    """Validate every frame with the feature service's suite; never raises for failed expectations
+    (a missing or invalid suite raises :class:`SuiteError` before any frame is validated)."""
+    os.environ["GX_ANALYTICS_ENABLED"] = "false"  # read when GX is first imported
     with _quiet_gx():
-        return _validate(spec, frames)
+        expectations = suite_expectations(spec)
+        return _validate(spec, frames, expectations)
 
 
-def _validate(spec: ServiceSpec, frames: Mapping[str, pd.DataFrame]) -> ValidationOutcome:
+def _validate(
+    spec: ServiceSpec, frames: Mapping[str, pd.DataFrame], expectations: list[Expectation]
+) -> ValidationOutcome:
     import great_expectations as gx
 
     context = _context()
@@ -292,7 +248,7 @@ def _validate(spec: ServiceSpec, frames: Mapping[str, pd.DataFrame]) -> Validati
         .add_dataframe_asset("retrieved_features")
         .add_batch_definition_whole_dataframe("whole_frame")
     )
-    suite = context.suites.add(gx.ExpectationSuite(name=spec.name, expectations=SUITES[spec.name](spec)))
+    suite = context.suites.add(gx.ExpectationSuite(name=spec.name, expectations=expectations))
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{spec.name}_provenance", data=batch_definition, suite=suite)
     )

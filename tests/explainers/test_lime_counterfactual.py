@@ -19,7 +19,7 @@ from include.explainers.errors import ExplainError, MethodNotApplicableError
 from include.explainers.exact_shapley import MAX_PLAYERS
 from include.explainers.params import PARAMETERS, normalise_params
 from include.explainers.runtime import ExplainRequest, read_explanation, run_explain
-from include.provenance.suites import TABULAR_RANGES, declared_feature_ranges
+from include.provenance.suites import declared_feature_ranges
 
 from .conftest import write_parquet
 
@@ -196,9 +196,12 @@ def _brute_force_counterfactual(f, x: np.ndarray, scale: np.ndarray, lo, hi, poi
 
 @pytest.mark.parametrize("n_features", [2, 3])
 def test_counterfactual_is_no_larger_than_brute_force(n_features: int) -> None:
-    columns = list(TABULAR_RANGES)[:n_features]  # real features, with their declared ranges
-    lo = np.array([TABULAR_RANGES[c][0] for c in columns])
-    hi = np.array([TABULAR_RANGES[c][1] for c in columns])
+    ranges = declared_feature_ranges()  # the sample suite files' declared ranges
+    from include.samples.datasets import TABULAR_FEATURES
+
+    columns = TABULAR_FEATURES[:n_features]  # real features, with their declared ranges
+    lo = np.array([ranges[c][0] for c in columns])
+    hi = np.array([ranges[c][1] for c in columns])
     centre = list(0.4 * hi)
     width = list(0.15 * hi)
     module = Ring(centre, width, level=1.0)
