@@ -2,7 +2,7 @@
 
 For an instance x predicted as class c, find x' with ``argmax p(x') != c``, every feature of x'
 within its **declared range** (the value ranges of the feature service's Great Expectations
-suite, :func:`include.provenance.suites.declared_feature_ranges`, the one place they are
+suite files, :func:`include.provenance.expectations.declared_ranges`, the one place they are
 written), minimising the L1 distance in units of each feature's background standard deviation
 
     d(x, x') = sum_j |x'_j - x_j| / scale_j .
@@ -61,9 +61,10 @@ SPARSIFY_BISECTIONS = 12
 
 
 def _declared_ranges() -> dict[str, tuple[float, float]]:
-    from include.provenance.suites import declared_feature_ranges
+    # the suite files, read without Great Expectations (the explainer image has none)
+    from include.provenance.expectations import all_suites, declared_ranges
 
-    return declared_feature_ranges()
+    return declared_ranges(all_suites())
 
 
 def _inward_bounds(lo: np.ndarray, hi: np.ndarray, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
