@@ -8,6 +8,7 @@ config on each parse); line numbers are only computed when there is something to
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -114,8 +115,15 @@ def _catalogue_cached(path: Path, mtime: float) -> dict[str, dict[str, Any]]:
     return dict(data.get("models") or {})
 
 
-def model_catalogue(path: Path = MODEL_CATALOGUE_PATH) -> dict[str, dict[str, Any]]:
-    """The models a config may name (``include/configs/models.yaml``)."""
+def model_catalogue_path() -> Path:
+    """The model catalogue: ``XAC_MODEL_CATALOGUE`` (a team's own models.yaml) or the project's."""
+    configured = os.environ.get("XAC_MODEL_CATALOGUE")
+    return Path(configured).expanduser() if configured else MODEL_CATALOGUE_PATH
+
+
+def model_catalogue(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The models a config may name (``include/configs/models.yaml`` or ``XAC_MODEL_CATALOGUE``)."""
+    path = path or model_catalogue_path()
     return _catalogue_cached(path, path.stat().st_mtime)
 
 
@@ -208,7 +216,7 @@ def parse_config_text(text: str, path: Path | str) -> LoadedConfig:
             (
                 ("spec", "modelName"),
                 f"model {model_name!r} is not in the model catalogue "
-                f"({MODEL_CATALOGUE_PATH.name}: {', '.join(sorted(catalogue))})",
+                f"({model_catalogue_path().name}: {', '.join(sorted(catalogue))})",
             )
         )
     # Policy problems about fields the schema already refused would only repeat them.
@@ -231,8 +239,9 @@ def parse_config_text(text: str, path: Path | str) -> LoadedConfig:
     )
 
 
-def catalogue_problems(model_name: str, path: Path = MODEL_CATALOGUE_PATH) -> list[Problem]:
+def catalogue_problems(model_name: str, path: Path | None = None) -> list[Problem]:
     """Problems of ``model_name``'s ``source`` block in the model catalogue, located in that file."""
+    path = path or model_catalogue_path()
     entry = model_catalogue(path).get(model_name)
     if not isinstance(entry, dict) or "source" not in entry:
         return []

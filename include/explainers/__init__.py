@@ -4,7 +4,7 @@ Only light names are imported here (no torch), so the CLI can validate configura
 ``run_explain`` imports the heavy libraries when called.
 """
 
-from include.explainers.catalogue import MODEL_CATALOGUE, CatalogueEntry, catalogue_entry, known_models
+from include.explainers.catalogue import CatalogueEntry, catalogue_entries, catalogue_entry, known_models
 from include.explainers.errors import (
     ExplainError,
     InputValidationError,
@@ -19,7 +19,6 @@ from include.explainers.params import known_methods, method_parameters, normalis
 from include.explainers.runtime import ExplainRequest, merge_shards, read_explanation, run_explain
 
 __all__ = [
-    "MODEL_CATALOGUE",
     "CatalogueEntry",
     "ExplainError",
     "ExplainRequest",
@@ -30,6 +29,7 @@ __all__ = [
     "OutputExistsError",
     "ParameterError",
     "UnknownMethodError",
+    "catalogue_entries",
     "catalogue_entry",
     "known_methods",
     "known_models",

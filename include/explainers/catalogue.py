@@ -7,6 +7,8 @@ Read from ``include/configs/models.yaml`` (the same file the configuration valid
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
 from include.explainers.sources import SourceDeclaration, SourceProblem
 
@@ -30,13 +32,21 @@ class CatalogueEntry:
     class_names: tuple[str, ...] = ()
 
 
-def _load_catalogue() -> dict[str, CatalogueEntry]:
-    """The catalogue kept as code in ``include/configs/models.yaml`` (one source for config validation
-    and for the runtime)."""
+def catalogue_entries() -> dict[str, CatalogueEntry]:
+    """The catalogue kept as code in ``include/configs/models.yaml`` (or ``XAC_MODEL_CATALOGUE``):
+    one source for config validation and for the runtime, re-read when the file changes."""
+    from include.configuration.loader import model_catalogue_path
+
+    path = model_catalogue_path()
+    return _entries(path, path.stat().st_mtime)
+
+
+@lru_cache(maxsize=4)
+def _entries(path: Path, mtime: float) -> dict[str, CatalogueEntry]:
     from include.configuration.loader import model_catalogue
 
     out = {}
-    for name, entry in model_catalogue().items():
+    for name, entry in model_catalogue(path).items():
         source, problems = (None, [])
         if "source" in entry:
             source, problems = SourceDeclaration.parse(entry["source"])
@@ -57,17 +67,14 @@ def _load_catalogue() -> dict[str, CatalogueEntry]:
     return out
 
 
-MODEL_CATALOGUE: dict[str, CatalogueEntry] = _load_catalogue()
-
-
 def known_models() -> list[str]:
     """Model names a configuration may use (sorted)."""
-    return sorted(MODEL_CATALOGUE)
+    return sorted(catalogue_entries())
 
 
 def catalogue_entry(name: str) -> CatalogueEntry:
     """The catalogue entry of ``name``; ``KeyError`` names the known models."""
     try:
-        return MODEL_CATALOGUE[name]
+        return catalogue_entries()[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(known_models())}") from None

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from include.digests import sha256_file
 from include.explainers.base import ExplainedModel, Modality
-from include.explainers.catalogue import MODEL_CATALOGUE, known_models
+from include.explainers.catalogue import catalogue_entries, known_models
 from include.explainers.errors import ModelLoadError, ModelNotFoundError
 from include.paths import models_dir
 
@@ -32,10 +32,10 @@ if TYPE_CHECKING:
     from include.explainers.sources import ModelOrigin
 
 __all__ = [
-    "MODEL_CATALOGUE",
     "LoadedModel",
     "ModelLoadError",
     "ModelNotFoundError",
+    "catalogue_entries",
     "known_models",
     "load_model",
     "model_dir",
@@ -126,7 +126,7 @@ def save_model(
     data = buffer.getvalue()
     target = model_path(name, version)
     _atomic_write(target, data)
-    catalogue = MODEL_CATALOGUE.get(name)
+    catalogue = catalogue_entries().get(name)
     metadata = {
         "name": name,
         "version": str(version),
@@ -149,7 +149,7 @@ def save_model(
 
 def is_source_model(name: str) -> bool:
     """Whether the catalogue declares ``name`` with a ``source`` (a user's own artifact)."""
-    entry = MODEL_CATALOGUE.get(name)
+    entry = catalogue_entries().get(name)
     return entry is not None and (entry.source is not None or bool(entry.source_problems))
 
 
@@ -169,7 +169,7 @@ def load_source_model(
     from include.explainers.sources import LoadOptions, ModelRef, model_from_source
     from include.paths import xac_home
 
-    entry = MODEL_CATALOGUE[name]
+    entry = catalogue_entries()[name]
     if entry.source is None:
         problems = "; ".join(f"{p.field}: {p.message}" for p in entry.source_problems)
         raise ModelLoadError(f"model {name!r}: invalid source in the model catalogue: {problems}")
@@ -212,7 +212,7 @@ def load_model(name: str, version: str) -> LoadedModel:
     if not weights.is_file() or not meta_path.is_file():
         hint = (
             " (the sample models are trained by `xac samples prepare`, which `make demo` runs)"
-            if name in MODEL_CATALOGUE
+            if name in catalogue_entries()
             else f" (known models: {', '.join(known_models())})"
         )
         raise ModelNotFoundError(

@@ -230,7 +230,7 @@ def _sorted_by_entity(frame: pd.DataFrame, entity: str) -> pd.DataFrame:
 def _prepare(request: ExplainRequest) -> _Plan:
     """All validation; no side effects (nothing written)."""
     from include.explainers.base import get_explainer
-    from include.explainers.catalogue import MODEL_CATALOGUE
+    from include.explainers.catalogue import catalogue_entries
     from include.explainers.device import device_for, requested_device
     from include.explainers.model_store import is_source_model, load_model, load_source_model
     from include.explainers.params import KERNEL_SHAP, method_parameters, normalise_params
@@ -249,7 +249,7 @@ def _prepare(request: ExplainRequest) -> _Plan:
         # A user's model is fed the feature service's columns as retrieved (entity and event time
         # aside), unless the catalogue lists its inputs; the artifact's own input names are checked.
         inference = _read_frame(request.inference_path, "inference")
-        entity = MODEL_CATALOGUE[request.model_name].entity
+        entity = catalogue_entries()[request.model_name].entity
         columns = [c for c in inference.columns if c not in (entity, "event_timestamp")]
         loaded = load_source_model(
             request.model_name,

@@ -144,14 +144,14 @@ def _stage_source_model(
     """A user's model for the pods: a file on this worker is copied to the run's staging prefix
     (pods share no disk with it) and pinned by sha256; an ``s3://`` object or an endpoint is read
     by the pods where it is. None for a model of the model store."""
-    from include.explainers.catalogue import MODEL_CATALOGUE
+    from include.explainers.catalogue import catalogue_entries
     from include.explainers.model_store import is_source_model
     from include.orchestration.pipeline import StageFailed
     from include.paths import xac_home
 
     if not is_source_model(ctx["model_name"]):
         return None
-    source = MODEL_CATALOGUE[ctx["model_name"]].source
+    source = catalogue_entries()[ctx["model_name"]].source
     if source is None:
         raise StageFailed(
             f"model {ctx['model_name']!r}: invalid source in the model catalogue: no pod was started"
