@@ -427,6 +427,31 @@ def cmd_expectations_check(args: argparse.Namespace) -> int:
     return EXIT_CHECK_FAILED if failed else EXIT_OK
 
 
+def cmd_feast_init(args: argparse.Namespace) -> int:
+    """A minimal Feast repository for a Parquet file (entity, FileSource, FeatureView, FeatureService)."""
+    from include.provenance.feast_init import FeastInitError, init_feature_repo
+
+    try:
+        result = init_feature_repo(
+            Path(args.source),
+            entity=args.entity,
+            timestamp=args.timestamp,
+            out_dir=Path(args.out),
+            name=args.name,
+            ttl_days=args.ttl_days,
+            apply=not args.no_apply,
+        )
+    except FeastInitError as exc:
+        print(f"xac feast init: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    print(
+        f"{result.repo_dir}: feature service {result.feature_service!r} ({len(result.features)} features: "
+        f"{', '.join(result.features)}){'' if args.no_apply else ', applied'}; review definitions.py, commit "
+        f"it, and set XAC_FEATURE_REPO={result.repo_dir}"
+    )
+    return EXIT_OK
+
+
 def cmd_samples_prepare(args: argparse.Namespace) -> int:
     from include.orchestration.setup import prepare_samples
 
@@ -608,6 +633,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--feature-service", nargs="+", metavar="NAME", help="default: every suite file"
     )
     suites_check.set_defaults(func=cmd_expectations_check)
+
+    feast = sub.add_parser("feast", help="a Feast repository for a team that has only a Parquet file")
+    feast_sub = feast.add_subparsers(dest="feast_command", required=True)
+    feast_init = feast_sub.add_parser(
+        "init", help="write and apply a minimal Feast repository for a Parquet file"
+    )
+    feast_init.add_argument("--from", dest="source", required=True, metavar="FILE.parquet")
+    feast_init.add_argument("--entity", required=True, metavar="COL")
+    feast_init.add_argument("--timestamp", required=True, metavar="COL")
+    feast_init.add_argument(
+        "--name", metavar="NAME", help="feature service name (default: from the file name)"
+    )
+    feast_init.add_argument("--ttl-days", type=int, metavar="DAYS", help="feature view TTL (default: 3650)")
+    feast_init.add_argument("--out", default="feature_repo", metavar="DIR")
+    feast_init.add_argument("--no-apply", action="store_true", help="write the files only")
+    feast_init.set_defaults(func=cmd_feast_init)
 
     cost = sub.add_parser("cost", help="price one finished Kubernetes pod as FOCUS rows (JSON)")
     cost.add_argument("--pod", required=True, metavar="POD.json")
