@@ -1,0 +1,280 @@
+"""A team's own model, features and expectations, end to end to a verified compliance bundle, with
+nothing from the samples: the README's "Explain your own model" paths, each run by Airflow
+(`dag.test()`), against S3 on 127.0.0.1.
+
+The team has a Parquet file of features. `xac feast init` makes its Feast repository,
+`xac expectations init` drafts its suite, its models.yaml declares three models by their source:
+
+(a) an XGBoost booster trained on that file (a UBJ file);
+(b) a PyTorch network registered in MLflow (a real local registry);
+(c) a scikit-learn model served by a real MLServer (Open Inference Protocol V2) on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from include.cli.main import main as xac
+from tests.explainers.mlserver import mlserver_executable, served_sklearn_model
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FEATURES = ["tenure_months", "monthly_spend", "support_calls", "discount_rate", "late_payments"]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CONFIG = """\
+apiVersion: ai.apexlogic.com/v1alpha1
+kind: ExplainerConfiguration
+metadata:
+  name: {name}
+  namespace: churn
+spec:
+  modelName: {model}
+  featureService: churn_features
+  explainerType: {explainer_type}
+  explainerConfig:
+    method: {method}
+{extra}    backgroundDataStrategy: random_subset
+    backgroundDataSubsetSize: 30
+    seed: 3
+  outputFormat: json
+  storage:
+    type: s3
+    bucket: churn-explanations
+    path: "churn/{name}/{{model_version}}/{{inference_id}}.json"
+  monitoring:
+    enabled: true
+    fidelityThreshold: 0.8
+  owner:
+    team: churn-ml
+    email: churn-ml@example.com
+    costCenter: cc-2001
+  budget:
+    maxCostPerRun: 0.5
+    currency: USD
+  inference:
+    count: 6
+  airflow:
+    retries: 0
+"""
+
+
+def _team_data(folder: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(21)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"C{10000 + i}" for i in range(n)],
+            "event_timestamp": pd.Timestamp.now(tz="UTC").floor("s")
+            - pd.to_timedelta(rng.integers(3600, 86400 * 30, n), unit="s"),
+            "tenure_months": rng.integers(1, 72, n).astype("float64"),
+            "monthly_spend": rng.gamma(3.0, 20.0, n),
+            "support_calls": rng.poisson(1.5, n).astype("float64"),
+            "discount_rate": rng.uniform(0, 0.3, n),
+            "late_payments": rng.poisson(0.5, n).astype("float64"),
+        }
+    )
+    logit = (
+        -0.04 * frame["tenure_months"]
+        + 0.6 * frame["support_calls"]
+        + 0.9 * frame["late_payments"]
+        - 3 * frame["discount_rate"]
+    )
+    label = (logit + rng.normal(0, 0.5, n) > 0).to_numpy().astype(int)
+    frame.to_parquet(folder / "churn_features.parquet", index=False)
+    return frame, label
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    import xgboost as xgb
+    from mlflow import MlflowClient
+    from sklearn.linear_model import LogisticRegression
+
+    from include.embedded import s3_server
+
+    if mlserver_executable() is None:
+        pytest.skip("MLServer venv missing (make test creates .venv/mlserver)")
+    folder = tmp_path_factory.mktemp("team")
+    patch = pytest.MonkeyPatch()
+    frame, label = _team_data(folder)
+    x = frame[FEATURES]
+
+    # Features: a Feast repository for the Parquet file, and a suite drafted from it.
+    assert (
+        xac(
+            [
+                "feast",
+                "init",
+                "--from",
+                str(folder / "churn_features.parquet"),
+                "--entity",
+                "customer_id",
+                "--timestamp",
+                "event_timestamp",
+                "--out",
+                str(folder / "feature_repo"),
+            ]
+        )
+        == 0
+    )
+    patch.setenv("XAC_FEATURE_REPO", str(folder / "feature_repo"))
+    patch.setenv("XAC_EXPECTATIONS_DIR", str(folder / "expectations"))
+    assert xac(["expectations", "init", "--feature-service", "churn_features"]) == 0
+
+    # (a) an XGBoost booster trained on the team's file
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 3, "seed": 1}, xgb.DMatrix(x, label), 40
+    )
+    (folder / "models" / "churn-xgb" / "4").mkdir(parents=True)
+    booster.save_model(folder / "models" / "churn-xgb" / "4" / "model.ubj")
+    # (b) a PyTorch network in a real MLflow registry
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    MlflowClient().create_experiment("churn", artifact_location=(folder / "mlartifacts").as_uri())
+    mlflow.set_experiment("churn")
+    torch.manual_seed(0)
+    mean, std = (
+        torch.tensor(x.mean().to_numpy(), dtype=torch.float32),
+        torch.tensor(x.std().to_numpy(), dtype=torch.float32),
+    )
+    body = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", mean)
+            self.register_buffer("std", std)
+            self.body = body
+
+        def forward(self, rows: torch.Tensor) -> torch.Tensor:
+            return self.body((rows - self.mean) / self.std)
+
+    net = Net()
+    inputs, targets = (
+        torch.tensor(x.to_numpy(), dtype=torch.float32),
+        torch.tensor(label, dtype=torch.float32),
+    )
+    optimiser = torch.optim.Adam(net.parameters(), lr=0.05)
+    for _ in range(150):
+        optimiser.zero_grad()
+        torch.nn.functional.binary_cross_entropy_with_logits(net(inputs).squeeze(1), targets).backward()
+        optimiser.step()
+    with mlflow.start_run():
+        mlflow.pytorch.log_model(
+            net.eval(),
+            name="net",
+            registered_model_name="churn-net",
+            input_example=np.zeros((2, 5), dtype=np.float32),
+        )
+    MlflowClient().set_registered_model_alias("churn-net", "champion", "1")
+
+    # (c) a scikit-learn model behind a real MLServer
+    served = LogisticRegression(max_iter=1000).fit(x.to_numpy(), label)
+    server = served_sklearn_model(served, folder / "mlserver", "churn", len(FEATURES))
+    endpoint = server.__enter__()
+
+    (folder / "models.yaml").write_text(
+        "models:\n"
+        "  churn-xgb:\n"
+        "    source: {type: xgboost, uri: '" + str(folder) + "/models/churn-xgb/{version}/model.ubj'}\n"
+        "    defaultVersion: '4'\n"
+        "    featureService: churn_features\n"
+        "    entity: customer_id\n"
+        "    classNames: [stays, churns]\n"
+        "  churn-net:\n"
+        "    source: {type: mlflow, uri: 'models:/churn-net@champion'}\n"
+        "    defaultVersion: '1'\n"
+        "    featureService: churn_features\n"
+        "    entity: customer_id\n"
+        "    task: binary\n"
+        "  churn-served:\n"
+        f"    source: {{type: oip, uri: '{endpoint}', output: predict_proba}}\n"
+        "    defaultVersion: '1'\n"
+        "    featureService: churn_features\n"
+        "    entity: customer_id\n"
+    )
+    patch.setenv("XAC_MODEL_CATALOGUE", str(folder / "models.yaml"))
+    configs = folder / "configs"
+    configs.mkdir()
+    for name, model, kind, method, extra in [
+        ("churn-xgb-treeshap", "churn-xgb", "SHAP", "TreeSHAP", ""),
+        ("churn-net-ig", "churn-net", "Captum", "IntegratedGradients", "    steps: 32\n"),
+        ("churn-served-kernelshap", "churn-served", "SHAP", "KernelSHAP", "    numSamples: 62\n"),
+    ]:
+        (configs / f"{name}.yaml").write_text(
+            CONFIG.format(name=name, model=model, explainer_type=kind, method=method, extra=extra)
+        )
+    patch.setenv("XAC_CONFIGS_DIR", str(configs))
+    assert xac(["config", "validate", str(configs)]) == 0
+
+    with s3_server.environment():
+        subprocess.run(
+            [str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True, capture_output=True
+        )
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+        assert bag.import_errors == {}
+        yield {
+            "dags": bag.dags,
+            "folder": folder,
+            "booster": folder / "models" / "churn-xgb" / "4" / "model.ubj",
+        }
+    server.__exit__(None, None, None)
+    patch.undo()
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "source"),
+    [("churn-xgb-treeshap", "xgboost"), ("churn-net-ig", "mlflow"), ("churn-served-kernelshap", "oip")],
+)
+def test_a_teams_own_model_reaches_a_verified_bundle(
+    team: dict[str, Any], dag_id: str, source: str, tmp_path: Path
+) -> None:
+    from include.compliance import download_bundle, list_bundles, verify_bundle
+    from include.configuration.layout import safe_key_part
+    from include.digests import sha256_file
+    from include.paths import runs_dir
+    from include.storage import default_public_key_path, s3_client
+
+    dag_run = team["dags"][dag_id].test(run_conf={"sample_budget": None})
+    assert "success" in str(dag_run.state)
+    ctx = json.loads((runs_dir() / dag_id / safe_key_part(dag_run.run_id) / "run.json").read_text())
+    client = s3_client()
+    listed = list_bundles(client, ctx["bucket"], prefix=ctx["bundle_prefix"])
+    assert len(listed) == 1 and listed[0].complete
+    uri = f"s3://{ctx['bucket']}/{ctx['bundle_prefix']}"
+    assert verify_bundle(uri, public_key_pem=default_public_key_path().read_bytes(), s3_client=client).ok
+    local = download_bundle(client, uri, tmp_path / "bundle")
+    provenance = json.loads((local / "provenance.json").read_text())
+    assert provenance["feature_service"]["name"] == "churn_features"
+    assert provenance["feature_repo"]["path"] == str(team["folder"] / "feature_repo")
+    validation = json.loads((local / "validation.json").read_text())
+    assert validation["passed"] is True
+    docs = [json.loads(p.read_text()) for p in sorted((local / "explanations").iterdir())]
+    assert len(docs) == 6
+    recorded = docs[0]["model"]["source"]
+    assert recorded["source"] == source and docs[0]["model"]["task"] == "binary"
+    if source == "xgboost":
+        assert recorded["sha256"] == sha256_file(team["booster"]) and recorded["version"] == "4"
+        assert docs[0]["prediction"]["class"] in ("stays", "churns")
+    if source == "mlflow":
+        assert recorded["details"]["alias"] == "champion" and recorded["details"]["flavor"] == "torch-export"
+    if source == "oip":
+        assert recorded["details"]["output"] == "predict_proba"
+    for doc in docs:
+        gap = doc["prediction"]["explained_output"]["value"] - doc["baseline"]["value"]
+        assert sum(doc["attributions"]["features"].values()) == pytest.approx(gap, abs=1e-3)
