@@ -112,6 +112,20 @@ def upload_outputs(local: Path, uri: str, s3_client: Any = None) -> int:
     return len(files)
 
 
+def inference_service_location(loaded: LoadedConfig) -> str | None:
+    """The V2 URL of the config's ``integration.inferenceServiceRef`` when its model is an endpoint
+    the catalogue declares without a URI (KServe); None otherwise."""
+    from include.explainers.catalogue import catalogue_entries
+    from include.explainers.sources.oip import inference_service_url
+
+    spec = loaded.config.spec
+    source = catalogue_entries()[spec.modelName].source
+    ref = spec.integration.inferenceServiceRef if spec.integration else None
+    if source is None or not source.from_inference_service or ref is None:
+        return None
+    return inference_service_url(ref.name, ref.namespace or loaded.config.metadata.namespace or "default")
+
+
 def run_explain_job(
     loaded: LoadedConfig,
     *,
@@ -167,6 +181,8 @@ def run_explain_job(
     source_model = is_source_model(spec.modelName)
     if model_uri and not source_model:
         fetch_model(model_uri, spec.modelName, version, model_sha256)
+    if source_model and model_uri is None:
+        model_uri = inference_service_location(loaded)
     inputs = out_dir.parent / f".{out_dir.name}.inputs"
     if (inference_uri is None) != (background_uri is None):
         raise ExplainJobError("give both --inference and --background, or neither")

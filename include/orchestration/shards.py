@@ -156,8 +156,10 @@ def _stage_source_model(
         raise StageFailed(
             f"model {ctx['model_name']!r}: invalid source in the model catalogue: no pod was started"
         )
+    if source.type == "oip":  # an endpoint: the pods call it where it is
+        return {}
     location = source.location(str(ctx["model_version"]), str(xac_home()))
-    if source.type == "oip" or location.startswith("s3://"):
+    if location.startswith("s3://"):
         return {}
     from include.digests import sha256_file
 

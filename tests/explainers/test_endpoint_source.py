@@ -204,3 +204,55 @@ def test_headers_reach_the_server_and_secrets_stay_off_the_command_line(
     assert headers["Authorization"] == "s3cret" and headers["X-Team"] == "clinical"
     with pytest.raises(ModelLoadError, match="MISSING_TOKEN is not set"):
         _headers(LoadOptions(headers=("Authorization: env:MISSING_TOKEN",)))
+
+
+def test_a_configs_inference_service_ref_names_the_endpoint(
+    classifier: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed's spec.integration.inferenceServiceRef (name, namespace) resolves to the KServe V2 URL
+    of a catalogue model declared as an endpoint without a URI (the URL template points at loopback)."""
+    from include.configuration import load_config
+    from include.explainers.sources.oip import KSERVE_URL_TEMPLATE, inference_service_url
+    from include.orchestration.explain_job import run_explain_job
+
+    assert (
+        KSERVE_URL_TEMPLATE.format(name="risk", namespace="ai")
+        == "http://risk.ai.svc.cluster.local/v2/models/risk"
+    )
+    assert inference_service_url("risk", "ai") == "http://risk.ai.svc.cluster.local/v2/models/risk"
+    model, _ = classifier
+    catalogue = tmp_path / "models.yaml"
+    catalogue.write_text(
+        "models:\n  risk-served:\n    source: {type: oip, output: predict_proba}\n    defaultVersion: '1'\n"
+        "    featureService: risk_features\n    entity: patient\n"
+    )
+    monkeypatch.setenv("XAC_MODEL_CATALOGUE", str(catalogue))
+    config = tmp_path / "risk.yaml"
+    config.write_text(
+        "apiVersion: ai.apexlogic.com/v1alpha1\nkind: ExplainerConfiguration\n"
+        "metadata: {name: risk-served-lime, namespace: ai}\n"
+        "spec:\n  modelName: risk-served\n  explainerType: LIME\n"
+        "  explainerConfig: {method: LIME, seed: 2}\n"
+        "  integration: {inferenceServiceRef: {name: risk}}\n"
+        "  storage: {type: s3, bucket: risk-bundles, path: 'risk/{model_version}/{inference_id}.json'}\n"
+        "  monitoring: {enabled: true, fidelityThreshold: 0.1}\n"
+        "  owner: {team: t, email: t@example.com, costCenter: c1}\n"
+        "  budget: {maxCostPerRun: 1, currency: USD}\n"
+    )
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame(rng.normal(size=(12, 5)), columns=COLUMNS)
+    frame.insert(0, "patient", [f"p{k}" for k in range(12)])
+    frame.iloc[:4].to_parquet(tmp_path / "inference.parquet", index=False)
+    frame.iloc[4:].to_parquet(tmp_path / "background.parquet", index=False)
+    with V2Server("risk", model.predict_proba) as server:
+        monkeypatch.setenv("XAC_KSERVE_URL_TEMPLATE", f"http://127.0.0.1:{server.port}/v2/models/{{name}}")
+        run_explain_job(
+            load_config(config),
+            out_dir=tmp_path / "out",
+            inference_uri=str(tmp_path / "inference.parquet"),
+            background_uri=str(tmp_path / "background.parquet"),
+        )
+        assert server.infer_requests > 0
+    doc = json.loads(next((tmp_path / "out" / "explanations").glob("*.json")).read_text())
+    assert doc["model"]["source"]["uri"] == server.url and doc["model"]["name"] == "risk-served"
+    assert doc["model"]["task"] == "binary"

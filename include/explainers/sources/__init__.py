@@ -223,7 +223,9 @@ class SourceDeclaration:
             problems.append(
                 SourceProblem("source.type", f"{kind!r} is not one of {', '.join(known_sources())}")
             )
-        if not isinstance(uri, str) or not uri.strip() or len(uri) > 2048:
+        if uri is None and kind == "oip":
+            uri = ""  # resolved from the config's spec.integration.inferenceServiceRef (KServe)
+        elif not isinstance(uri, str) or not uri.strip() or len(uri) > 2048:
             problems.append(
                 SourceProblem("source.uri", "a path, s3:// URI or V2 URL of at most 2048 characters")
             )
@@ -246,7 +248,17 @@ class SourceDeclaration:
             [],
         )
 
+    @property
+    def from_inference_service(self) -> bool:
+        """An endpoint without a URI: the config's ``integration.inferenceServiceRef`` names it."""
+        return self.type == "oip" and not self.uri
+
     def location(self, version: str, xac_home: str) -> str:
+        if self.from_inference_service:
+            raise ModelLoadError(
+                "this model is served by a KServe InferenceService: set spec.integration.inferenceServiceRef "
+                "in the config (or a source.uri in the model catalogue)"
+            )
         if "{version}" in self.uri and not VERSION_PATTERN.match(version):
             raise ModelLoadError(
                 f"model version {version!r} cannot name a location: use letters, digits, '.', '_' and '-' "

@@ -96,6 +96,19 @@ def parse_endpoint(url: str) -> tuple[str, str, str | None]:
     return url.rstrip("/"), match.group("name"), match.group("version")
 
 
+# How a KServe InferenceService is reached from inside the cluster; XAC_KSERVE_URL_TEMPLATE
+# overrides it (e.g. an ingress: https://{name}-{namespace}.models.example.com/v2/models/{name}).
+KSERVE_URL_TEMPLATE = "http://{name}.{namespace}.svc.cluster.local/v2/models/{name}"
+
+
+def inference_service_url(name: str, namespace: str) -> str:
+    """The V2 URL of KServe InferenceService ``name`` in ``namespace`` (the seed's inferenceServiceRef)."""
+    template = os.environ.get("XAC_KSERVE_URL_TEMPLATE") or KSERVE_URL_TEMPLATE
+    url = template.replace("{name}", name).replace("{namespace}", namespace)
+    parse_endpoint(url)  # a template that makes no V2 URL is refused here
+    return url
+
+
 def _headers(options: LoadOptions) -> dict[str, str]:
     """``NAME: VALUE`` headers; a VALUE ``env:VAR`` is read from the environment (keeps tokens off argv)."""
     out = {"Content-Type": "application/json"}
