@@ -7,7 +7,8 @@ The team has a Parquet file of features. `xac feast init` makes its Feast reposi
 
 (a) an XGBoost booster trained on that file (a UBJ file);
 (b) a PyTorch network registered in MLflow (a real local registry);
-(c) a scikit-learn model served by a real MLServer (Open Inference Protocol V2) on 127.0.0.1.
+(c) a scikit-learn model served by a real MLServer (Open Inference Protocol V2) on 127.0.0.1;
+(d) the same network and trees as LightGBM, skops, TorchScript, torch.export and ONNX files.
 """
 
 from __future__ import annotations
@@ -181,6 +182,35 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         )
     MlflowClient().set_registered_model_alias("churn-net", "champion", "1")
 
+    # (d) the same team's other formats: every file source through a DAG run
+    import lightgbm as lgb
+    import skops.io as sio
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    files = folder / "files"
+    files.mkdir()
+    lgb.train({"objective": "binary", "verbose": -1, "num_leaves": 7}, lgb.Dataset(x, label), 30).save_model(
+        files / "churn.txt"
+    )
+    sio.dump(
+        GradientBoostingClassifier(n_estimators=30, max_depth=2, random_state=0).fit(x, label),
+        files / "churn.skops",
+    )
+    example = torch.zeros(2, 5)
+    torch.jit.save(torch.jit.trace(net.eval(), example), files / "churn.torchscript")
+    batch = torch.export.Dim("batch")
+    torch.export.save(
+        torch.export.export(net.eval(), (example,), dynamic_shapes={"rows": {0: batch}}), files / "churn.pt2"
+    )
+    torch.onnx.export(
+        net.eval(),
+        (example,),
+        str(files / "churn.onnx"),
+        input_names=["features"],
+        dynamic_axes={"features": {0: "batch"}},
+        dynamo=False,
+    )
+
     # (c) a scikit-learn model behind a real MLServer
     served = LogisticRegression(max_iter=1000).fit(x.to_numpy(), label)
     server = served_sklearn_model(served, folder / "mlserver", "churn", len(FEATURES))
@@ -206,6 +236,19 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "    featureService: churn_features\n"
         "    entity: customer_id\n"
     )
+    with (folder / "models.yaml").open("a") as catalogue:
+        for name, kind, path, extra in [
+            ("churn-lgb", "lightgbm", "churn.txt", ""),
+            ("churn-gbt", "skops", "churn.skops", ", trustedTypes: [sklearn.tree._tree.Tree]"),
+            ("churn-ts", "torchscript", "churn.torchscript", ""),
+            ("churn-exported", "torch-export", "churn.pt2", ""),
+            ("churn-onnx", "onnx", "churn.onnx", ""),
+        ]:
+            catalogue.write(
+                f"  {name}:\n    source: {{type: {kind}, uri: '{files / path}'{extra}}}\n"
+                "    defaultVersion: '1'\n    featureService: churn_features\n    entity: customer_id\n"
+                "    task: binary\n"
+            )
     patch.setenv("XAC_MODEL_CATALOGUE", str(folder / "models.yaml"))
     configs = folder / "configs"
     configs.mkdir()
@@ -213,6 +256,11 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         ("churn-xgb-treeshap", "churn-xgb", "SHAP", "TreeSHAP", ""),
         ("churn-net-ig", "churn-net", "Captum", "IntegratedGradients", "    steps: 32\n"),
         ("churn-served-kernelshap", "churn-served", "SHAP", "KernelSHAP", "    numSamples: 62\n"),
+        ("churn-lgb-treeshap", "churn-lgb", "SHAP", "TreeSHAP", ""),
+        ("churn-gbt-treeshap", "churn-gbt", "SHAP", "TreeSHAP", ""),
+        ("churn-ts-ig", "churn-ts", "Captum", "IntegratedGradients", "    steps: 32\n"),
+        ("churn-exported-ig", "churn-exported", "Captum", "IntegratedGradients", "    steps: 32\n"),
+        ("churn-onnx-kernelshap", "churn-onnx", "SHAP", "KernelSHAP", "    numSamples: 62\n"),
     ]:
         (configs / f"{name}.yaml").write_text(
             CONFIG.format(name=name, model=model, explainer_type=kind, method=method, extra=extra)
@@ -239,7 +287,16 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 @pytest.mark.parametrize(
     ("dag_id", "source"),
-    [("churn-xgb-treeshap", "xgboost"), ("churn-net-ig", "mlflow"), ("churn-served-kernelshap", "oip")],
+    [
+        ("churn-xgb-treeshap", "xgboost"),
+        ("churn-net-ig", "mlflow"),
+        ("churn-served-kernelshap", "oip"),
+        ("churn-lgb-treeshap", "lightgbm"),
+        ("churn-gbt-treeshap", "skops"),
+        ("churn-ts-ig", "torchscript"),
+        ("churn-exported-ig", "torch-export"),
+        ("churn-onnx-kernelshap", "onnx"),
+    ],
 )
 def test_a_teams_own_model_reaches_a_verified_bundle(
     team: dict[str, Any], dag_id: str, source: str, tmp_path: Path
