@@ -427,8 +427,8 @@ def main() -> int:
 
     # The sample digit model of the runtime (8x8 image + 4 scan features), trained as the
     # runtime trains it (in memory here), explained with the runtime's default baselines.
-    from include.explainers.sample_models import multimodal_frame, multimodal_modalities, train_multimodal
-    from include.samples.datasets import PIXEL_FEATURES, SCAN_FEATURES
+    from examples.datasets import PIXEL_FEATURES, SCAN_FEATURES
+    from examples.models import multimodal_frame, multimodal_modalities, train_multimodal
 
     digit_net, _, digit_metrics = train_multimodal()
     frame = multimodal_frame()

@@ -80,9 +80,9 @@ def main() -> int:
         print(json.dumps(run_one(*args.one)))
         return 0
 
+    from examples.datasets import tabular_frame
+    from examples.models import multimodal_frame, train_sample_models
     from include.explainers.base import known_methods
-    from include.explainers.sample_models import multimodal_frame, train_sample_models
-    from include.samples.datasets import tabular_frame
 
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="xac-bench-methods-"))

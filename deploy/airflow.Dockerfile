@@ -37,11 +37,13 @@ RUN set -eux; \
 
 # The project, laid out as in the repository (AIRFLOW_HOME = repository root): include.paths
 # derives REPO_ROOT and the configs folder from include/'s location, and the DAG factory finds
-# include/configs/explainers next to its own folder. docker-compose.yaml bind-mounts ./dags,
-# ./include and ./plugins over these copies so edits apply without a rebuild; the copies make the
+# include/configs/explainers next to its own folder; examples/ holds the samples (their models'
+# code, Feast repository and suites). docker-compose.yaml bind-mounts ./dags, ./include,
+# ./examples and ./plugins over these copies so edits apply without a rebuild; the copies make the
 # image usable on its own (e.g. as the explainer pod's image).
 COPY --chown=airflow:0 pyproject.toml /opt/airflow/pyproject.toml
 COPY --chown=airflow:0 include /opt/airflow/include
+COPY --chown=airflow:0 examples /opt/airflow/examples
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 plugins /opt/airflow/plugins
 

@@ -640,7 +640,7 @@ def _s3_for_up() -> tuple[str, Any]:
 def _cmd_up(args: argparse.Namespace) -> int:
     home = stack_home()
     if not args.no_samples:
-        from include.orchestration.setup import prepare_samples
+        from examples.prepare import prepare_samples
 
         # Idempotent; without the sample data, models and key every run would fail at its first task.
         for line in prepare_samples():

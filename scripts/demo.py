@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     _set_airflow_environment()
-    from include.orchestration.setup import prepare_samples
+    from examples.prepare import prepare_samples
 
     print("== set-up")
     for line in prepare_samples():

@@ -453,7 +453,7 @@ def cmd_feast_init(args: argparse.Namespace) -> int:
 
 
 def cmd_samples_prepare(args: argparse.Namespace) -> int:
-    from include.orchestration.setup import prepare_samples
+    from examples.prepare import prepare_samples
 
     for line in prepare_samples(force=args.force):
         print(line)

@@ -1,8 +1,13 @@
 """The model store: ``models_dir()/<name>/<version>/model.pt`` + ``model.json``.
 
+A PyTorch module of the team's own code with its weights: for the methods that need the module's
+structure (DeepSHAP's rules, attention rollout's attention layers, ``torch.compile``), which an
+exported or scripted artifact (:mod:`include.explainers.sources`) does not keep.
+
 ``model.pt`` holds only a ``state_dict`` (loaded with ``weights_only=True``: a model file is
-never allowed to run code). ``model.json`` says how to rebuild the module (architecture and
-constructor kwargs), how to feed it (the input spec: modalities and their columns in order),
+never allowed to run code). ``model.json`` says how to rebuild the module (the importable module
+that defines the architecture, the class name and its constructor kwargs: code from the team's
+repository, never from the artifact), how to feed it (the input spec: modalities and their columns in order),
 what it predicts (task, class names), how well (held-out metrics) and which bytes were stored
 (sha256 of ``model.pt``, checked on every load so a swapped file cannot go unnoticed into a
 signed compliance bundle).
@@ -11,8 +16,10 @@ signed compliance bundle).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,8 +122,12 @@ def save_model(
     metrics: dict[str, Any],
     entity: str,
     differentiable: bool = True,
+    code: str,
 ) -> Path:
-    """Store ``module``'s state_dict and its metadata; returns the ``model.pt`` path."""
+    """Store ``module``'s state_dict and its metadata; returns the ``model.pt`` path.
+
+    ``code`` is the importable module defining ``architecture`` (e.g. ``examples.models``).
+    """
     import io
 
     import torch
@@ -131,6 +142,7 @@ def save_model(
         "name": name,
         "version": str(version),
         "architecture": architecture,
+        "code": code,
         "kwargs": kwargs,
         "inputs": {"entity": entity, "modalities": [m.to_json() for m in modalities]},
         "task": task,
@@ -196,6 +208,27 @@ def load_source_model(
     )
 
 
+_CODE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def build_architecture(code: Any, architecture: str, kwargs: dict[str, Any], where: Path) -> nn.Module:
+    """``code.architecture(**kwargs)``: the class, imported from the team's code, must be an nn.Module."""
+    from torch import nn
+
+    if not isinstance(code, str) or not _CODE_PATH.match(code):
+        raise ModelLoadError(
+            f"{where}: 'code' must name the importable module that defines {architecture!r} (e.g. "
+            "examples.models); models stored before it was recorded are retrained by `xac samples prepare`"
+        )
+    try:
+        cls = getattr(importlib.import_module(code), architecture)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"{where}: cannot import {code}.{architecture}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ModelLoadError(f"{where}: {code}.{architecture} is not a torch.nn.Module class")
+    return cls(**kwargs)
+
+
 def load_model(name: str, version: str) -> LoadedModel:
     """Load ``name``/``version`` from the store.
 
@@ -204,8 +237,6 @@ def load_model(name: str, version: str) -> LoadedModel:
     recorded sha256 or does not fit its recorded architecture.
     """
     import torch
-
-    from include.explainers.sample_models import build_architecture
 
     folder = model_dir(name, version)
     weights, meta_path = folder / "model.pt", folder / "model.json"
@@ -222,6 +253,7 @@ def load_model(name: str, version: str) -> LoadedModel:
         metadata = json.loads(meta_path.read_text())
         modalities = [Modality.from_json(m) for m in metadata["inputs"]["modalities"]]
         architecture, kwargs = metadata["architecture"], dict(metadata["kwargs"])
+        code = metadata.get("code")
         recorded_sha = metadata["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"model {name!r} version {version!r}: unreadable {meta_path}: {exc}") from exc
@@ -232,9 +264,11 @@ def load_model(name: str, version: str) -> LoadedModel:
             f"but model.json records {recorded_sha}; the artifact was modified or is corrupt"
         )
     try:
-        module = build_architecture(architecture, kwargs)
+        module = build_architecture(code, architecture, kwargs, meta_path)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         module.load_state_dict(state)
+    except ModelLoadError:
+        raise
     except Exception as exc:  # torch raises many types (pickle, RuntimeError on key mismatch, ...)
         raise ModelLoadError(
             f"model {name!r} version {version!r}: cannot load {weights} as {architecture}({kwargs}): {exc}"

@@ -4,7 +4,8 @@ A suite is ``<feature_service>.json`` in Great Expectations 1.x's own suite form
 "expectations": [{"type", "kwargs", "notes"?, "meta"?}, ...], "meta"?}``, so a team reuses the
 suites it already has) or ``<feature_service>.yaml``/``.yml`` with the same mapping or just the
 list of expectations. Suites are looked up in ``XAC_EXPECTATIONS_DIR`` when it is set, then in
-``include/expectations/`` (the samples' suites live there; a team adds its own beside them).
+``include/expectations/`` (a team's own, beside its configs), then in ``examples/expectations/``
+(the samples').
 
 This module reads and checks the files without importing Great Expectations (the explainer
 image has no GX: the counterfactual search reads the declared value ranges from here); the
@@ -29,7 +30,9 @@ from typing import Any
 
 from include.paths import REPO_ROOT
 
+# A team's suites (kept with its configs), then the samples' (examples/expectations).
 DEFAULT_SUITES_DIR = REPO_ROOT / "include" / "expectations"
+SAMPLE_SUITES_DIR = REPO_ROOT / "examples" / "expectations"
 SUITE_SUFFIXES = (".json", ".yaml", ".yml")
 MAX_SUITE_BYTES = 4 << 20
 # Keyword arguments that name columns, by expectation argument name.
@@ -64,7 +67,7 @@ class SuiteFile:
 def suite_dirs() -> list[Path]:
     configured = os.environ.get("XAC_EXPECTATIONS_DIR")
     dirs = [Path(configured)] if configured else []
-    return [*dirs, DEFAULT_SUITES_DIR]
+    return [*dirs, DEFAULT_SUITES_DIR, SAMPLE_SUITES_DIR]
 
 
 def find_suite(feature_service: str) -> Path | None:

@@ -228,7 +228,7 @@ def run_provenance(
 
     ``previous`` (a former provenance.json, parsed) adds per-source ``digest_changed`` flags
     and a ``drift`` section. The feature repository must have been applied before
-    (:func:`include.provenance.feature_data.ensure_feature_repo`).
+    (``feast apply``; the samples' by ``xac samples prepare``).
     """
     from include.provenance.feature_data import get_store
     from include.provenance.retrieval import feature_ages, retrieve_sets

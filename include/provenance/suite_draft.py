@@ -1,6 +1,6 @@
 """``xac expectations init``: draft a feature service's suite from Feast and a reference frame.
 
-The draft is a starting point for a person to review and commit (``include/expectations/`` or
+The draft is a starting point for a person to review and commit (``examples/expectations/`` or
 ``XAC_EXPECTATIONS_DIR``): column presence and dtypes from the Feast schema, no-null checks where
 the reference frame has no nulls, each numeric feature's observed range widened by half its span
 on each side, a row count, and freshness from each feature view's TTL. The reference frame is

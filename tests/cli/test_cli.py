@@ -19,7 +19,7 @@ def xac(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def prepared() -> None:
-    from include.orchestration.setup import prepare_samples
+    from examples.prepare import prepare_samples
 
     for _ in prepare_samples():
         pass
@@ -52,7 +52,7 @@ def test_provenance_check_passes_on_the_sample_data(checked: Path) -> None:
 def test_provenance_check_fails_with_exit_1_on_bad_data(prepared: None, tmp_path: Path) -> None:
     import pandas as pd
 
-    from include.provenance.feature_data import prepare_feature_data
+    from examples.feature_repo.data import prepare_feature_data
 
     source = prepare_feature_data()["patient_measurements"]
     original = source.read_bytes()

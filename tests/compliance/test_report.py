@@ -129,7 +129,7 @@ def make_bundle(root: Path) -> Path:
             "feature_service": {"name": "diagnosis_risk_tabular", "owner": "xac-ml-platform@example.org"},
             "registry": {"type": "sql", "project": "xac", "last_updated": "2026-11-27T08:27:16+00:00"},
             "feature_repo": {
-                "path": "include/feature_repo",
+                "path": "examples/feature_repo",
                 "git": {"in_git_checkout": True, "commit": GIT_COMMIT, "dirty": False},
                 "definitions_sha256": {"definitions.py": "d9" * 32},
             },

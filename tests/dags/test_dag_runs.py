@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def prepared() -> None:
-    from include.orchestration.setup import prepare_samples
+    from examples.prepare import prepare_samples
 
     for _ in prepare_samples():
         pass
@@ -127,8 +127,8 @@ def test_sample_dag_publishes_a_bundle_that_verifies(dagbag, dag_id: str, tmp_pa
     if (
         dag_id == "diagnosis-risk-treeshap"
     ):  # the signed bundle pins the booster that was loaded, byte for byte
+        from examples.xgboost_model import model_file
         from include.digests import sha256_file
-        from include.samples.xgboost_model import model_file
 
         source = document["model"]["source"]
         assert source["source"] == "xgboost" and source["uri"] == str(model_file())
@@ -195,8 +195,8 @@ def test_failed_expectation_stops_the_run_before_explain(dagbag, tmp_path: Path)
     """An out-of-range feature value: provenance fails, explain never runs, nothing is published."""
     import pandas as pd
 
+    from examples.feature_repo.data import prepare_feature_data
     from include.compliance import list_bundles
-    from include.provenance.feature_data import prepare_feature_data
     from include.storage import s3_client
 
     source = prepare_feature_data()["patient_measurements"]

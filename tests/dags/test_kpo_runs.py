@@ -42,7 +42,7 @@ def _set_env(values: dict[str, str | None]) -> dict[str, str | None]:
 
 @pytest.fixture(scope="module")
 def prepared() -> None:
-    from include.orchestration.setup import prepare_samples
+    from examples.prepare import prepare_samples
 
     for _ in prepare_samples():
         pass
@@ -173,8 +173,8 @@ def test_sample_dag_runs_its_shards_as_pods_and_prices_them(
     assert caplog.text.count("running trigger in line") >= len(pods)
     assert {p["spec"]["containers"][0]["command"][0] for p in pods} == {"xac"}
     if dag_id == "diagnosis-risk-treeshap":
+        from examples.xgboost_model import model_file
         from include.digests import sha256_file
-        from include.samples.xgboost_model import model_file
 
         for pod in pods:
             args = pod["spec"]["containers"][0]["args"]

@@ -353,7 +353,7 @@ def airflow_common_problems(doc: Doc, dockerfile_text: str) -> list[str]:
     # The image copies the project where the compose file mounts it, so a mount always replaces the
     # baked-in copy (never shadows a different path the code would then read instead).
     copied = {PurePosixPath(src[0]).as_posix(): dest for src, dest in copy_instructions(dockerfile_text)}
-    for folder in ("dags", "include", "plugins"):
+    for folder in ("dags", "include", "examples", "plugins"):
         target = bind_target(common, f"./{folder}")
         if target is None:
             problems.append(f"{COMMON} does not mount ./{folder}")

@@ -282,8 +282,8 @@ def _wait_for(predicate: Any, timeout: float, what: str, stack: Any) -> Any:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_git_dag_bundle_deploys_commits(tmp_path: Path, s3_for_stack: str) -> None:
+    from examples.prepare import prepare_samples
     from include.compliance import download_bundle, list_bundles
-    from include.orchestration.setup import prepare_samples
     from include.storage import s3_client
 
     for _ in prepare_samples():

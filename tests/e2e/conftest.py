@@ -47,7 +47,7 @@ def s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def prepared() -> None:
-    from include.orchestration.setup import prepare_samples
+    from examples.prepare import prepare_samples
 
     for _ in prepare_samples():
         pass

@@ -38,7 +38,7 @@ def _artifacts_dir() -> Path:
 @pytest.fixture(scope="module")
 def finished_run(airflow_stack: Any) -> dict[str, Any]:
     """A successful REST-triggered run of the sample DAG (its bundle is in S3)."""
-    from include.samples.datasets import tabular_frame
+    from examples.datasets import tabular_frame
 
     ids = [str(i) for i in tabular_frame()["patient_id"].tolist()[5:7]]
     unpaused = airflow_stack.api("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})

@@ -35,7 +35,7 @@ RESULTS = (
 
 
 def _two_patient_ids() -> list[str]:
-    from include.samples.datasets import tabular_frame
+    from examples.datasets import tabular_frame
 
     ids = tabular_frame()["patient_id"].tolist()
     # Not the first rows: ids a default run (the config's most recent entities) would not pick anyway.

@@ -18,7 +18,7 @@ def sample_models() -> dict[str, Path]:
     The root conftest points XAC_HOME at a fresh temporary folder; training is idempotent, so
     other test packages of the session reuse these artifacts.
     """
-    from include.explainers.sample_models import train_sample_models
+    from examples.models import train_sample_models
 
     home = Path(os.environ["XAC_HOME"]).resolve()
     assert home != (REPO_ROOT / ".xac").resolve(), "tests must not write into the developer's .xac/"
@@ -27,14 +27,14 @@ def sample_models() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tabular_frame() -> pd.DataFrame:
-    from include.samples.datasets import tabular_frame
+    from examples.datasets import tabular_frame
 
     return tabular_frame()
 
 
 @pytest.fixture(scope="session")
 def multimodal_frame() -> pd.DataFrame:
-    from include.explainers.sample_models import multimodal_frame
+    from examples.models import multimodal_frame
 
     return multimodal_frame()
 

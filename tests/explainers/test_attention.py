@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from examples.models import ATTENTION_MODEL, TABULAR_MODEL, FeatureTokenTransformer
 from include.explainers.attention import EXPLAINER, captured_attention, rollout
 from include.explainers.base import ExplainedModel, Modality
 from include.explainers.errors import MethodNotApplicableError
 from include.explainers.fidelity import evaluate_fidelity
 from include.explainers.runtime import ExplainRequest, read_explanation, run_explain
-from include.explainers.sample_models import ATTENTION_MODEL, TABULAR_MODEL, FeatureTokenTransformer
 
 from .conftest import write_parquet
 

@@ -95,7 +95,7 @@ def test_sample_models_are_trained_and_recorded(sample_models: dict) -> None:
 
 
 def test_training_is_idempotent(sample_models: dict) -> None:
-    from include.explainers.sample_models import train_sample_models
+    from examples.models import train_sample_models
 
     before = {name: path.stat().st_mtime_ns for name, path in sample_models.items()}
     again = train_sample_models()

@@ -69,8 +69,8 @@ def test_background_mean_baseline_is_the_default_for_tabular_inputs() -> None:
 
 def test_completeness_on_the_trained_multimodal_model(sample_models: dict, multimodal_frame) -> None:
     """50 Gauss-Legendre steps: completeness error <= 1 % on every instance."""
+    from examples.datasets import PIXEL_FEATURES, SCAN_FEATURES
     from include.explainers.model_store import load_model
-    from include.samples.datasets import PIXEL_FEATURES, SCAN_FEATURES
 
     model = load_model("multimodal-image-classifier-v3", "1").explained()
     images = torch.from_numpy(multimodal_frame[PIXEL_FEATURES].to_numpy(np.float32)).reshape(-1, 1, 8, 8)

@@ -107,8 +107,8 @@ def test_sampled_estimate_is_close_to_exact_shapley_values(route: str) -> None:
 
 def test_trained_tabular_model_exact_with_enough_samples(sample_models: dict, tabular_frame) -> None:
     """The trained sample model (sigmoid output): numSamples >= 1022 gives its exact values."""
+    from examples.datasets import TABULAR_FEATURES
     from include.explainers.model_store import load_model
-    from include.samples.datasets import TABULAR_FEATURES
 
     model = load_model("diagnosis-risk-tabular", "1").explained()
     data = torch.from_numpy(tabular_frame[TABULAR_FEATURES].to_numpy(np.float32))

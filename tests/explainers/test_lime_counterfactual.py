@@ -197,7 +197,7 @@ def _brute_force_counterfactual(f, x: np.ndarray, scale: np.ndarray, lo, hi, poi
 @pytest.mark.parametrize("n_features", [2, 3])
 def test_counterfactual_is_no_larger_than_brute_force(n_features: int) -> None:
     ranges = declared_feature_ranges()  # the sample suite files' declared ranges
-    from include.samples.datasets import TABULAR_FEATURES
+    from examples.datasets import TABULAR_FEATURES
 
     columns = TABULAR_FEATURES[:n_features]  # real features, with their declared ranges
     lo = np.array([ranges[c][0] for c in columns])
@@ -251,8 +251,8 @@ def test_counterfactual_reports_when_no_flip_exists_in_range() -> None:
 
 
 def test_counterfactual_respects_ranges_and_is_deterministic(sample_models: dict, tabular_frame) -> None:
+    from examples.datasets import TABULAR_FEATURES
     from include.explainers.model_store import load_model
-    from include.samples.datasets import TABULAR_FEATURES
 
     model = load_model(TAB, "1").explained()
     x = torch.from_numpy(tabular_frame[TABULAR_FEATURES].to_numpy(np.float32)[:6])

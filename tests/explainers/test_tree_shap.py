@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
+from examples.datasets import TABULAR_FEATURES
 from include.explainers.base import ExplainedModel, get_explainer
 from include.explainers.errors import MethodNotApplicableError
 from include.explainers.runtime import ExplainRequest, read_explanation, run_explain
-from include.samples.datasets import TABULAR_FEATURES
 
 from .conftest import write_parquet
 
@@ -28,8 +28,8 @@ def _rows(frame: pd.DataFrame, sl: slice) -> torch.Tensor:
 def test_tree_model_reproduces_sklearn_and_loads_verified(sample_models: dict, tabular_frame) -> None:
     from sklearn.ensemble import GradientBoostingClassifier
 
+    from examples.models import tree_ensemble_from_sklearn
     from include.explainers.model_store import load_model
-    from include.explainers.sample_models import tree_ensemble_from_sklearn
 
     loaded = load_model(GBT, "1")  # sha256 of model.pt checked against model.json
     assert loaded.metadata["architecture"] == "TreeEnsemble" and loaded.metadata["differentiable"] is False

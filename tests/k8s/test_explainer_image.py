@@ -172,8 +172,8 @@ def test_hadolint_does_fail_a_bad_dockerfile(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from include.explainers.sample_models import multimodal_frame, train_sample_models
-    from include.samples.datasets import tabular_frame
+    from examples.datasets import tabular_frame
+    from examples.models import multimodal_frame, train_sample_models
 
     train_sample_models()  # into the session's XAC_HOME; idempotent
     folder = tmp_path_factory.mktemp("frames")

@@ -1,4 +1,4 @@
-"""Expectation suites kept as data (include/expectations/*.json, GX 1.x's own format, or YAML):
+"""Expectation suites kept as data (examples/expectations/*.json, GX 1.x's own format, or YAML):
 drafted by `xac expectations init`, checked against the feature service before any data is read,
 run by real Great Expectations on a real Feast repository."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from examples.feature_repo.data import apply_feature_repo, prepare_feature_data
 from include.cli.main import main as xac
 from include.provenance.expectations import SuiteError, all_suites, declared_ranges
-from include.provenance.feature_data import apply_feature_repo, prepare_feature_data
 from include.provenance.stage import run_provenance
 
 TABULAR = "diagnosis_risk_tabular"

@@ -15,16 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from include.provenance.feature_data import (
-    apply_feature_repo,
-    get_store,
-    load_repo_config,
-    load_training_frame,
-    prepare_feature_data,
-)
+from examples.datasets import PIXEL_FEATURES, SCAN_FEATURES, TABULAR_FEATURES
+from examples.feature_repo.data import apply_feature_repo, load_training_frame, prepare_feature_data
+from include.provenance.feature_data import get_store, load_repo_config
 from include.provenance.retrieval import UnknownEntityError, UnknownFeatureServiceError, select_background
 from include.provenance.stage import entity_hash, git_state, run_provenance
-from include.samples.datasets import PIXEL_FEATURES, SCAN_FEATURES, TABULAR_FEATURES
 
 TABULAR = "diagnosis_risk_tabular"
 IMAGE = "multimodal_image_classifier_v3"

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from examples import datasets
 from include.explainers.base import Modality
-from include.samples import datasets
 
 TABULAR_MODEL = "diagnosis-risk-tabular"
 MULTIMODAL_MODEL = "multimodal-image-classifier-v3"
@@ -191,21 +191,6 @@ class TreeEnsemble(nn.Module):
             "input_dtype": np.float64,
             "internal_dtype": np.float64,
         }
-
-
-ARCHITECTURES: dict[str, type[nn.Module]] = {
-    "TabularMLP": TabularMLP,
-    "MultimodalDigitNet": MultimodalDigitNet,
-    "TreeEnsemble": TreeEnsemble,
-    "FeatureTokenTransformer": FeatureTokenTransformer,
-}
-
-
-def build_architecture(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """Instantiate a registered architecture (``KeyError`` names the known ones)."""
-    if name not in ARCHITECTURES:
-        raise KeyError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[name](**kwargs)
 
 
 # ----------------------------------------------------------------------------- input specs
@@ -444,6 +429,16 @@ def train_attention() -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     )
 
 
+def _records_its_code(path: Path) -> bool:
+    """Whether the stored model.json names the module of its architecture (older stores did not)."""
+    import json
+
+    try:
+        return bool(json.loads(path.with_name("model.json").read_text()).get("code"))
+    except (OSError, ValueError):
+        return False
+
+
 def train_sample_models(force: bool = False) -> dict[str, Path]:
     """Train both sample models into the model store; returns name -> ``model.pt`` path.
 
@@ -473,7 +468,7 @@ def train_sample_models(force: bool = False) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for name, (architecture, train, modalities, task, classes) in specs.items():
         path = model_store.model_path(name, SAMPLE_VERSION)
-        if path.exists() and not force:
+        if path.exists() and not force and _records_its_code(path):
             out[name] = path
             continue
         started = time.perf_counter()
@@ -491,5 +486,6 @@ def train_sample_models(force: bool = False) -> dict[str, Path]:
             metrics=metrics,
             entity=datasets.IMAGE_ENTITY if name == MULTIMODAL_MODEL else datasets.TABULAR_ENTITY,
             differentiable=architecture != "TreeEnsemble",
+            code=__name__,
         )
     return out

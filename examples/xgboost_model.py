@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from examples import datasets
 from include.paths import models_dir
-from include.samples import datasets
 
 MODEL_NAME = "diagnosis-risk-xgb"
 VERSION = "1"

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 def prepare_samples(force: bool = False) -> Iterator[str]:
     """Idempotent: each step skips work that is already done unless ``force``."""
+    from examples.feature_repo.data import apply_feature_repo, prepare_feature_data
+    from examples.models import train_sample_models
     from include.compliance import load_or_create_signing_key
-    from include.explainers.sample_models import train_sample_models
-    from include.provenance.feature_data import apply_feature_repo, prepare_feature_data
     from include.storage import default_signing_key_path
 
     started = time.perf_counter()
@@ -20,7 +20,7 @@ def prepare_samples(force: bool = False) -> Iterator[str]:
     yield "feast apply: registry up to date"
     models = train_sample_models(force=force)
     yield f"models: {', '.join(str(p) for p in models.values())}"
-    from include.samples.xgboost_model import train_xgboost_sample
+    from examples.xgboost_model import train_xgboost_sample
 
     yield f"a team's own model (XGBoost, declared by its source): {train_xgboost_sample(force=force)}"
     load_or_create_signing_key(default_signing_key_path())

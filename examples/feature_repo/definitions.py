@@ -17,8 +17,7 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Float32, String
 
-from include.paths import data_dir
-from include.samples.datasets import (
+from examples.datasets import (
     IMAGE_ENTITY,
     IMAGE_TARGET,
     PIXEL_FEATURES,
@@ -27,6 +26,7 @@ from include.samples.datasets import (
     TABULAR_FEATURES,
     TABULAR_TARGET,
 )
+from include.paths import data_dir
 
 OWNER = "xac-ml-platform@example.org"
 # Feature rows older than this are dropped by Feast's point-in-time join and fail the
