@@ -453,9 +453,16 @@ def cmd_feast_init(args: argparse.Namespace) -> int:
 
 
 def cmd_samples_prepare(args: argparse.Namespace) -> int:
-    from examples.prepare import prepare_samples
+    """The samples' own set-up (examples/prepare.py), launched by name: no product module imports the
+    samples, and an installation without them says so."""
+    import importlib
 
-    for line in prepare_samples(force=args.force):
+    try:
+        samples = importlib.import_module("examples.prepare")
+    except ModuleNotFoundError as exc:
+        print(f"xac samples prepare: the samples are not installed here ({exc})", file=sys.stderr)
+        return EXIT_ERROR
+    for line in samples.prepare_samples(force=args.force):
         print(line)
     return EXIT_OK
 

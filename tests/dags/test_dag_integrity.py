@@ -93,3 +93,27 @@ def test_dag_file_imports_nothing_heavy() -> None:
         check=True,
     )
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_product_imports_nothing_from_the_samples() -> None:
+    """Samples are examples: include/, dags/ and plugins/ never import examples/ (the samples use the
+    product's public mechanisms; `xac samples prepare` launches their set-up by name)."""
+    import ast
+
+    offenders = []
+    for folder in ("include", "dags", "plugins"):
+        for path in sorted((REPO_ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [alias.name for alias in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                offenders += [
+                    f"{path.relative_to(REPO_ROOT)}:{node.lineno}"
+                    for n in names
+                    if n.split(".")[0] == "examples"
+                ]
+    assert offenders == []
