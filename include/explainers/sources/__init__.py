@@ -20,10 +20,12 @@ This module imports nothing heavy: the CLI parses ``--model`` with it while star
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -351,6 +353,16 @@ def local_artifact(location: str, scratch: Path) -> LocalArtifact:
     scratch.mkdir(parents=True, exist_ok=True)
     client.download_file(bucket, key, str(target))
     return LocalArtifact(_bounded_file(target, location), location)
+
+
+@contextlib.contextmanager
+def artifact_file(location: str, source: str) -> Iterator[tuple[Path, ArtifactDigest]]:
+    """The artifact at ``location`` as a local file (an ``s3://`` object downloaded into a temporary
+    folder, removed after), refused when it is a pickle, with its sha256 and size."""
+    with tempfile.TemporaryDirectory(prefix="xac-model-") as scratch:
+        artifact = local_artifact(location, Path(scratch))
+        refuse_code_on_load(artifact.path, source)
+        yield artifact.path, sha256_and_size(artifact.path)
 
 
 def check_task(options: LoadOptions, inferred: OutputSpec | None) -> OutputSpec | None:

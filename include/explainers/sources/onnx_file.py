@@ -16,9 +16,6 @@ before any work (the source is not differentiable).
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
 from include.explainers.errors import ModelLoadError
@@ -28,9 +25,7 @@ from include.explainers.sources import (
     ModelSource,
     OutputSpec,
     SourceModel,
-    local_artifact,
-    refuse_code_on_load,
-    sha256_and_size,
+    artifact_file,
 )
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
@@ -41,15 +36,12 @@ def load_onnx(location: str, options: LoadOptions) -> SourceModel:
 
     from include.explainers.sources.blackbox import BlackBoxModule
 
-    with tempfile.TemporaryDirectory(prefix="xac-model-") as scratch:
-        artifact = local_artifact(location, Path(scratch))
-        refuse_code_on_load(artifact.path, "onnx")
-        digest = sha256_and_size(artifact.path)
+    with artifact_file(location, "onnx") as (path, digest):
         settings = ort.SessionOptions()
         settings.log_severity_level = 3  # errors only: the task log is for the run
         try:
             session = ort.InferenceSession(
-                artifact.path.read_bytes(), sess_options=settings, providers=["CPUExecutionProvider"]
+                path.read_bytes(), sess_options=settings, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf
             raise ModelLoadError(f"{location} is not a loadable ONNX model: {exc}") from None

@@ -13,9 +13,6 @@ several as class logits (``output_scale: probabilities`` when it ends in a softm
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import torch
 from torch import nn
 
@@ -25,9 +22,7 @@ from include.explainers.sources import (
     ModelOrigin,
     ModelSource,
     SourceModel,
-    local_artifact,
-    refuse_code_on_load,
-    sha256_and_size,
+    artifact_file,
 )
 
 
@@ -59,12 +54,9 @@ def _dtype_of(module) -> object | None:
 def load_torchscript(location: str, options: LoadOptions) -> SourceModel:
     import torch
 
-    with tempfile.TemporaryDirectory(prefix="xac-model-") as scratch:
-        artifact = local_artifact(location, Path(scratch))
-        refuse_code_on_load(artifact.path, "torchscript")
-        digest = sha256_and_size(artifact.path)
+    with artifact_file(location, "torchscript") as (path, digest):
         try:
-            module = torch.jit.load(str(artifact.path), map_location="cpu")
+            module = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # torch raises RuntimeError/ValueError for non-TorchScript archives
             raise ModelLoadError(
                 f"{location} is not a TorchScript archive ({_first_line(exc)}); "
@@ -84,12 +76,9 @@ def load_torchscript(location: str, options: LoadOptions) -> SourceModel:
 def load_torch_export(location: str, options: LoadOptions) -> SourceModel:
     import torch
 
-    with tempfile.TemporaryDirectory(prefix="xac-model-") as scratch:
-        artifact = local_artifact(location, Path(scratch))
-        refuse_code_on_load(artifact.path, "torch-export")
-        digest = sha256_and_size(artifact.path)
+    with artifact_file(location, "torch-export") as (path, digest):
         try:
-            program = torch.export.load(str(artifact.path))
+            program = torch.export.load(str(path))
         except Exception as exc:
             raise ModelLoadError(
                 f"{location} is not a torch.export archive ({_first_line(exc)}); "

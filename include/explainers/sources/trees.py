@@ -18,7 +18,6 @@ objective, or whether the estimator is a classifier) unless the config says othe
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,7 @@ from include.explainers.sources import (
     ModelSource,
     OutputSpec,
     SourceModel,
-    local_artifact,
-    refuse_code_on_load,
-    sha256_and_size,
+    artifact_file,
 )
 from include.explainers.sources.blackbox import BlackBoxModule
 
@@ -83,17 +80,14 @@ def _xgboost_task(objective: str) -> tuple[OutputSpec, str]:
 def load_xgboost(location: str, options: LoadOptions) -> SourceModel:
     import xgboost as xgb
 
-    with tempfile.TemporaryDirectory(prefix="xac-model-") as scratch:
-        artifact = local_artifact(location, Path(scratch))
-        refuse_code_on_load(artifact.path, "xgboost")
-        if artifact.path.suffix.lower() not in (".json", ".ubj"):
+    with artifact_file(location, "xgboost") as (path, digest):
+        if path.suffix.lower() not in (".json", ".ubj"):
             raise ModelLoadError(
                 f"{location}: XGBoost models are read from JSON or UBJ files (.json or .ubj, written by "
                 "Booster.save_model); the legacy binary format is not supported"
             )
-        digest = sha256_and_size(artifact.path)
         try:
-            booster = xgb.Booster(model_file=str(artifact.path))
+            booster = xgb.Booster(model_file=str(path))
         except xgb.core.XGBoostError as exc:
             raise ModelLoadError(
                 f"{location} is not a loadable XGBoost model: {str(exc).splitlines()[0]}"
@@ -115,7 +109,7 @@ def load_xgboost(location: str, options: LoadOptions) -> SourceModel:
             location,
             (digest,),
             options.version,
-            f"XGBoost {artifact.path.suffix.lstrip('.').upper()}",
+            f"XGBoost {path.suffix.lstrip('.').upper()}",
             {"objective": objective, "xgboost": xgb.__version__},
         ),
         output=output,
@@ -142,19 +136,16 @@ def _lightgbm_objective(path: Path) -> str:
 def load_lightgbm(location: str, options: LoadOptions) -> SourceModel:
     import lightgbm as lgb
 
-    with tempfile.TemporaryDirectory(prefix="xac-model-") as scratch:
-        artifact = local_artifact(location, Path(scratch))
-        refuse_code_on_load(artifact.path, "lightgbm")
-        digest = sha256_and_size(artifact.path)
-        with artifact.path.open("rb") as handle:
+    with artifact_file(location, "lightgbm") as (path, digest):
+        with path.open("rb") as handle:
             if not handle.read(4096).startswith(b"tree\n"):
                 raise ModelLoadError(
                     f"{location} is not a LightGBM text model (it must start with a 'tree' line; write it "
                     "with Booster.save_model('model.txt'))"
                 )
-        objective = _lightgbm_objective(artifact.path)
+        objective = _lightgbm_objective(path)
         try:
-            booster = lgb.Booster(model_file=str(artifact.path))
+            booster = lgb.Booster(model_file=str(path))
         except lgb.basic.LightGBMError as exc:
             raise ModelLoadError(f"{location} is not a loadable LightGBM model: {exc}") from None
     kind = objective.split(" ", 1)[0]
@@ -200,12 +191,9 @@ def load_skops(location: str, options: LoadOptions) -> SourceModel:
     import skops.io as sio
     from sklearn.base import is_classifier
 
-    with tempfile.TemporaryDirectory(prefix="xac-model-") as scratch:
-        artifact = local_artifact(location, Path(scratch))
-        refuse_code_on_load(artifact.path, "skops")
-        digest = sha256_and_size(artifact.path)
+    with artifact_file(location, "skops") as (path, digest):
         try:
-            untrusted = sio.get_untrusted_types(file=artifact.path)
+            untrusted = sio.get_untrusted_types(file=path)
         except Exception as exc:  # not a zip / no schema: skops raises BadZipFile, KeyError...
             raise ModelLoadError(f"{location} is not a skops file (skops.io.dump): {exc}") from None
         missing = sorted(set(untrusted) - set(options.skops_trusted))
@@ -216,7 +204,7 @@ def load_skops(location: str, options: LoadOptions) -> SourceModel:
                 "source's trustedTypes list); they are never trusted from the file itself"
             )
         try:
-            estimator = sio.load(artifact.path, trusted=list(options.skops_trusted))
+            estimator = sio.load(path, trusted=list(options.skops_trusted))
         except Exception as exc:
             raise ModelLoadError(f"{location}: skops cannot load it: {exc}") from None
     if is_classifier(estimator):
