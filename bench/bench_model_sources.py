@@ -5,7 +5,7 @@
    >= 50 % of the in-process rows/s. Two models: a cheap one (logistic regression, where the HTTP
    and JSON cost dominates) and a 100-tree random forest.
 2. Loading each supported model source (torchscript, torch-export, onnx, xgboost, lightgbm, skops,
-   oip) must add <= 2 s to a shard's start-up beyond importing the library: each load is timed in a
+   mlflow, oip) must add <= 2 s to a shard's start-up beyond importing the library: each load is timed in a
    fresh process after its library is imported.
 
     .venv/bin/python bench/bench_model_sources.py        (needs .venv/mlserver: make test makes it)
@@ -140,6 +140,25 @@ def load_times(folder: Path) -> dict[str, dict[str, float]]:
         "lightgbm (500 trees)": (f"lightgbm:{folder / 'm.txt'}", "lightgbm"),
         "skops (300 trees)": (f"skops:{folder / 'm.skops'}", "skops.io"),
     }
+    import os
+
+    import mlflow
+    import mlflow.sklearn
+    from mlflow import MlflowClient
+
+    registry = f"sqlite:///{folder / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = registry  # the load subprocesses inherit it
+    mlflow.set_tracking_uri(registry)
+    MlflowClient().create_experiment("bench", artifact_location=(folder / "mlartifacts").as_uri())
+    mlflow.set_experiment("bench")
+    with mlflow.start_run():
+        mlflow.sklearn.log_model(
+            gbc,
+            name="model",
+            registered_model_name="bench-gbc",
+            skops_trusted_types=["sklearn.tree._tree.Tree"],
+        )
+    cases["mlflow (skops, 300 trees)"] = ("mlflow:models:/bench-gbc/1", "mlflow")
     figures = {}
     with served_sklearn_model(gbc, folder / "server", "gbc", len(COLUMNS), declare=False) as url:
         cases["oip"] = (f"oip:{url}", "urllib3")

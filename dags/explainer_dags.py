@@ -21,6 +21,7 @@ from airflow.sdk import DAG, Asset, Param, task
 
 from include.configuration import ConfigError, LoadedConfig, discover_config_files, load_config
 from include.configuration.layout import model_listing_prefix, safe_key_part
+from include.identifiers import MODEL_VERSION_PATTERN
 from include.k8s import ClusterProfileError, PodSpecError
 from include.orchestration.shards import BackendError
 
@@ -388,6 +389,8 @@ def build_dag(loaded: LoadedConfig) -> DAG:
                 default_version,
                 type="string",
                 minLength=1,
+                maxLength=64,
+                pattern=MODEL_VERSION_PATTERN,  # joined into paths: ../other-model/1 is refused here
                 title="Model version",
                 description="Version of the model to explain (from the model store).",
             ),

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from include.identifiers import MODEL_VERSION_PATTERN
+
 API_VERSION = "ai.apexlogic.com/v1alpha1"
 KIND = "ExplainerConfiguration"
 
@@ -363,7 +365,7 @@ class AirflowSettings(StrictModel):
 
 class Spec(StrictModel):
     modelName: Annotated[str, Field(min_length=1, max_length=128)]
-    modelVersion: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] | None = None
+    modelVersion: Annotated[str, Field(pattern=MODEL_VERSION_PATTERN)] | None = None
     featureService: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     # Optional in the schema so that the policy gate, not the parser, names what is missing.
     explainerType: Literal[EXPLAINER_TYPES] | None = None  # type: ignore[valid-type]

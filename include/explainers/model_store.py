@@ -31,6 +31,7 @@ from include.digests import sha256_file
 from include.explainers.base import ExplainedModel, Modality
 from include.explainers.catalogue import catalogue_entries, known_models
 from include.explainers.errors import ModelLoadError, ModelNotFoundError
+from include.identifiers import model_version_problem
 from include.paths import models_dir
 
 if TYPE_CHECKING:
@@ -52,6 +53,12 @@ __all__ = [
 
 
 def model_dir(name: str, version: str) -> Path:
+    """``models_dir()/<name>/<version>``; a name or version that could leave that folder is refused."""
+    for what, value in (("model name", name), ("model version", str(version))):
+        if model_version_problem(value):  # the same rule for both: one safe path segment
+            raise ModelLoadError(
+                f"{what} {value!r} cannot name a model store folder: {model_version_problem(value)}"
+            )
     return models_dir() / name / str(version)
 
 

@@ -24,6 +24,7 @@ from include.configuration.layout import (
     model_listing_prefix,
     safe_key_part,
 )
+from include.identifiers import model_version_problem
 from include.paths import REPO_ROOT, runs_dir
 
 LogFn = Callable[[str], None]
@@ -48,8 +49,12 @@ class RunParams:
         if isinstance(ids, str):
             ids = [i.strip() for i in ids.replace("\n", ",").split(",") if i.strip()]
         budget = params.get("sample_budget")
+        version = str(params["model_version"]) if params.get("model_version") else None
+        problem = model_version_problem(version) if version is not None else None
+        if problem:  # the form's pattern refuses it first; a run conf set elsewhere is checked here
+            raise ValueError(f"run parameter model_version: {problem}")
         return cls(
-            model_version=(str(params["model_version"]) if params.get("model_version") else None),
+            model_version=version,
             inference_ids=list(ids) if ids else None,
             sample_budget=int(budget) if budget not in (None, "", 0) else None,
             dry_run_cost_only=bool(params.get("dry_run_cost_only") or False),

@@ -164,8 +164,16 @@ def test_rest_api_needs_a_login(airflow_stack: Any) -> None:
         {"dry_run_cost_only": "yes"},  # not a boolean
         {"inference_ids": "P100003"},  # not an array
         {"inference_ids": [""]},  # an empty id (items minLength 1)
+        {"model_version": "../diagnosis-risk-gbt/1"},  # joined into paths: another model's folder
     ],
-    ids=["budget-zero", "budget-string", "dry-run-string", "ids-not-a-list", "ids-empty-string"],
+    ids=[
+        "budget-zero",
+        "budget-string",
+        "dry-run-string",
+        "ids-not-a-list",
+        "ids-empty-string",
+        "version-path",
+    ],
 )
 def test_invalid_conf_is_refused_by_the_rest_api(airflow_stack: Any, conf: dict[str, Any]) -> None:
     before = _run_count(airflow_stack)

@@ -127,3 +127,18 @@ def test_load_errors(sample_models: dict, tmp_path: Path, monkeypatch: pytest.Mo
     (garbage / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelLoadError, match="cannot load"):
         load_model("diagnosis-risk-tabular", "3")
+
+
+def test_a_model_version_cannot_leave_the_model_store(sample_models: dict) -> None:
+    """`../other-model/1` from a trigger form must never explain another model (issue 18, item 5)."""
+    from include.explainers.errors import ModelLoadError
+    from include.explainers.model_store import load_model, model_dir
+    from include.orchestration.pipeline import RunParams
+
+    assert load_model("diagnosis-risk-tabular", "1").version == "1"
+    for version in ("../diagnosis-risk-gbt/1", "1/../../x", "..", ".hidden", "a" * 65, "1\n"):
+        with pytest.raises(ModelLoadError, match="cannot name a model store folder"):
+            model_dir("diagnosis-risk-tabular", version)
+        with pytest.raises(ValueError, match="run parameter model_version"):
+            RunParams.from_mapping({"model_version": version})
+    assert RunParams.from_mapping({"model_version": "2.1-rc_3"}).model_version == "2.1-rc_3"

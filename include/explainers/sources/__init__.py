@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import importlib
 import os
-import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.explainers.errors import InputValidationError, ModelLoadError, ModelNotFoundError
+from include.identifiers import model_version_problem
 
 if TYPE_CHECKING:
     from torch import nn
@@ -182,8 +182,6 @@ class ModelSource:
     load: Callable[[str, LoadOptions], SourceModel]
 
 
-# A model version joined into a source's location: no path separators, no "..", bounded.
-VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SOURCE_FIELDS = ("type", "uri", "trustedTypes", "output", "headers", "outputScale")
 
 
@@ -261,11 +259,9 @@ class SourceDeclaration:
                 "this model is served by a KServe InferenceService: set spec.integration.inferenceServiceRef "
                 "in the config (or a source.uri in the model catalogue)"
             )
-        if "{version}" in self.uri and not VERSION_PATTERN.match(version):
-            raise ModelLoadError(
-                f"model version {version!r} cannot name a location: use letters, digits, '.', '_' and '-' "
-                "(at most 64, not starting with '.' or '-')"
-            )
+        problem = model_version_problem(version)
+        if "{version}" in self.uri and problem:
+            raise ModelLoadError(f"{problem}; it cannot name a location")
         return self.uri.replace("{version}", version).replace("{xac_home}", xac_home)
 
 
