@@ -34,7 +34,8 @@ LOAD_TARGET_SECONDS = 2.0
 LOAD_SNIPPET = """
 import sys, time, importlib
 t0 = time.perf_counter()
-importlib.import_module(sys.argv[3])
+for library in sys.argv[3].split(","):  # the source's library (for MLflow, also its flavor's)
+    importlib.import_module(library)
 import torch  # the runtime's own import, paid by every shard
 from include.explainers.sources import ModelRef, model_from_source, LoadOptions
 t1 = time.perf_counter()
@@ -158,7 +159,7 @@ def load_times(folder: Path) -> dict[str, dict[str, float]]:
             registered_model_name="bench-gbc",
             skops_trusted_types=["sklearn.tree._tree.Tree"],
         )
-    cases["mlflow (skops, 300 trees)"] = ("mlflow:models:/bench-gbc/1", "mlflow")
+    cases["mlflow (skops, 300 trees)"] = ("mlflow:models:/bench-gbc/1", "mlflow,skops.io")
     figures = {}
     with served_sklearn_model(gbc, folder / "server", "gbc", len(COLUMNS), declare=False) as url:
         cases["oip"] = (f"oip:{url}", "urllib3")
