@@ -595,6 +595,10 @@ def build_all(directory: Path = CONFIGS_DIR) -> dict[str, DAG]:
                     # the kubernetes backend cannot run this config (namespace, GPUs, image, profile)
                     problems = [str(p) for p in getattr(exc, "problems", [])] or [str(exc)]
                     dag = build_invalid_config_dag(path, [str(exc).splitlines()[0], *problems])
+                except Exception as exc:  # whatever Airflow refuses: one config never hides the others
+                    dag = build_invalid_config_dag(
+                        path, [f"{path}: Airflow cannot build its DAG: {type(exc).__name__}: {exc}"]
+                    )
         dags[dag.dag_id] = dag
     return dags
 

@@ -187,11 +187,49 @@ def _problems_from_validation(exc: ValidationError) -> list[tuple[Location, str]
 _UNION_TAGS = {"str", "int", "float", "constrained-int", "constrained-str", "none"}
 
 
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_CONFIG_DEPTH = 32
+
+
+def _first_alias(text: str) -> int | None:
+    """The line of the first YAML alias in ``text``, or None (events only: nothing is expanded)."""
+    try:
+        for event in yaml.parse(text, Loader=_FastLoader):
+            if isinstance(event, yaml.AliasEvent):
+                return event.start_mark.line + 1
+    except (yaml.YAMLError, RecursionError):
+        return None  # the parse below reports it
+    return None
+
+
+def _depth(value: Any, level: int = 0) -> int:
+    """Nesting depth of a parsed document, stopping early past the limit."""
+    if level > MAX_CONFIG_DEPTH:
+        return level
+    if isinstance(value, dict):
+        return max((_depth(v, level + 1) for v in value.values()), default=level + 1)
+    if isinstance(value, list):
+        return max((_depth(v, level + 1) for v in value), default=level + 1)
+    return level
+
+
 def parse_config_text(text: str, path: Path | str) -> LoadedConfig:
     """Validate one document; raise ConfigError with every problem found."""
     shown = str(path)
+    if len(text.encode("utf-8", "replace")) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [Problem(shown, 1, "(file)", f"over {MAX_CONFIG_BYTES} bytes: not an ExplainerConfiguration")]
+        )
+    alias = _first_alias(text)
+    if alias is not None:
+        # A config needs no anchors; aliases expand exponentially (a 1.5 KB file took 1.1 GB).
+        raise ConfigError(
+            [Problem(shown, alias, "(yaml)", "YAML aliases (*name) are not allowed in a config")]
+        )
     try:
         data = yaml.load(text, Loader=_FastLoader)
+    except RecursionError:
+        raise ConfigError([Problem(shown, 1, "(yaml)", "nested too deeply to be a config")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -200,6 +238,8 @@ def parse_config_text(text: str, path: Path | str) -> LoadedConfig:
     if not isinstance(data, dict):
         raise ConfigError([Problem(shown, 1, "(document)", "expected a mapping (an ExplainerConfiguration)")])
 
+    if _depth(data) > MAX_CONFIG_DEPTH:
+        raise ConfigError([Problem(shown, 1, "(document)", f"nested deeper than {MAX_CONFIG_DEPTH} levels")])
     located: list[tuple[Location, str]] = []
     policy_problems, applied = _apply_policy(data, policy())
     config: ExplainerConfiguration | None = None

@@ -356,11 +356,46 @@ class Retention(StrictModel):
     transitions: list[RetentionTransition] = Field(default_factory=_default_transitions)
 
 
+# Airflow's schedule presets; anything else must be a cron expression (checked with croniter, which
+# Airflow itself uses) so that a typo is reported here instead of breaking the DAG file's import.
+SCHEDULE_PRESETS = (
+    "@once",
+    "@continuous",
+    "@hourly",
+    "@daily",
+    "@midnight",
+    "@weekly",
+    "@monthly",
+    "@quarterly",
+    "@yearly",
+    "@annually",
+)
+
+
 class AirflowSettings(StrictModel):
-    schedule: str | None = None
+    schedule: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     retries: Annotated[int, Field(ge=0, le=20)] = 2
     retryDelaySeconds: Annotated[int, Field(ge=0, le=86_400)] = 30
-    tags: list[str] = Field(default_factory=list)
+    # Airflow refuses tags over 100 characters when it serialises the DAG (it would drop the DAG)
+    tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=50)] = Field(
+        default_factory=list
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is None or value in SCHEDULE_PRESETS:
+            return value
+        try:
+            from croniter import croniter
+        except ImportError:  # the explainer image: no Airflow, nothing is scheduled there
+            return value
+        if not croniter.is_valid(value):
+            raise ValueError(
+                f"{value!r} is neither a cron expression (e.g. '0 6 * * *') nor one of "
+                f"{', '.join(SCHEDULE_PRESETS)}"
+            )
+        return value
 
 
 class Spec(StrictModel):

@@ -236,3 +236,48 @@ def test_a_model_version_cannot_walk_out_of_its_source_location() -> None:
     for version in ("../other-model/1", "a/b", ".hidden", "x" * 65, ""):
         with pytest.raises(ModelLoadError, match="cannot name a location"):
             declared.location(version, "/home")
+
+
+def _sample_text() -> str:
+    return (REPO_ROOT_FOR_SAMPLES / "diagnosis-risk-kernelshap.yaml").read_text()
+
+
+REPO_ROOT_FOR_SAMPLES = Path(__file__).resolve().parents[2] / "include" / "configs" / "explainers"
+
+
+def test_hostile_yaml_is_refused_fast_and_located() -> None:
+    """Issue 18, item 4: aliases expand exponentially (a 1.5 KB file took 16 s and 1.1 GB)."""
+    import time
+
+    rows = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]" for k in range(1, 9)
+    ]
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(_sample_text() + "\n".join(rows) + "\n", "bomb.yaml")
+    assert time.perf_counter() - started < 1.0
+    assert "YAML aliases (*name) are not allowed" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"nested|nesting"):
+        parse_config_text("spec: " + "[" * 400 + "]" * 400 + "\n", "deep.yaml")
+    with pytest.raises(ConfigError, match="over 262144 bytes"):
+        parse_config_text("#" * 300_000, "huge.yaml")
+
+
+@pytest.mark.parametrize(
+    ("airflow", "field"),
+    [
+        ("  airflow:\n    tags: [" + "t" * 101 + "]\n", "spec.airflow.tags[0]"),
+        ("  airflow:\n    schedule: every day at six\n", "spec.airflow.schedule"),
+        ("  airflow:\n    schedule: '61 * * * *'\n", "spec.airflow.schedule"),
+    ],
+    ids=["tag-over-100", "schedule-words", "schedule-bad-minute"],
+)
+def test_what_airflow_would_refuse_is_refused_by_validation(airflow: str, field: str) -> None:
+    """Issue 18, item 3: such configs validated, then made the DAG processor drop every DAG."""
+    text = _sample_text()
+    start = text.index("  airflow:")
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(text[:start] + airflow, "bad.yaml")
+    assert any(p.field == field for p in caught.value.problems), caught.value.problems
+    good = text[:start] + "  airflow:\n    schedule: '0 6 * * *'\n    tags: [churn]\n"
+    assert parse_config_text(good, "good.yaml").config.spec.airflow.schedule == "0 6 * * *"

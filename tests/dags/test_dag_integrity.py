@@ -117,3 +117,35 @@ def test_the_product_imports_nothing_from_the_samples() -> None:
                     if n.split(".")[0] == "examples"
                 ]
     assert offenders == []
+
+
+def test_a_config_airflow_refuses_becomes_a_failing_dag_and_hides_no_other(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 18, item 3: build_all caught only its own error types, so one DAG Airflow refused (a tag
+    over 100 characters, a bad schedule) made the DAG processor drop every DAG of the file."""
+    import importlib.util
+
+    for path in discover_config_files():
+        shutil.copy(path, tmp_path / path.name)
+    monkeypatch.setenv("XAC_CONFIGS_DIR", str(tmp_path))
+    spec = importlib.util.spec_from_file_location("explainer_dags_under_test", DAGS_DIR / "explainer_dags.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    real = module.build_dag
+
+    def refuse_one(loaded):  # what Airflow raises for a config our validation let through
+        if loaded.name == "multimodal-digits-ig":
+            raise ValueError("tag too long for the DAG's serialisation")
+        return real(loaded)
+
+    monkeypatch.setattr(module, "build_dag", refuse_one)
+    dags = module.build_all(tmp_path)
+    assert "xac-invalid-multimodal-digits-ig" in dags
+    assert (
+        "Airflow cannot build its DAG: ValueError: tag too long"
+        in dags["xac-invalid-multimodal-digits-ig"].doc_md
+    )
+    others = {load_config(p).name for p in discover_config_files()} - {"multimodal-digits-ig"}
+    assert others <= set(dags)
