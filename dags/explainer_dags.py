@@ -12,7 +12,9 @@ and whose only task fails with the same text, so the error is visible in the UI 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+from collections.abc import Container
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from airflow.sdk import DAG, Asset, Param, task
 
 from include.configuration import ConfigError, LoadedConfig, discover_config_files, load_config
 from include.configuration.layout import model_listing_prefix, safe_key_part
+from include.configuration.schema import INVALID_DAG_PREFIX
 from include.identifiers import MODEL_VERSION_PATTERN
 from include.k8s import ClusterProfileError, PodSpecError
 from include.orchestration.shards import BackendError
@@ -549,11 +552,21 @@ def build_dag(loaded: LoadedConfig) -> DAG:
     return dag
 
 
-def build_invalid_config_dag(path: Path, problems: list[str]) -> DAG:
+def invalid_dag_id(path: Path, taken: Container[str] = ()) -> str:
+    """``xac-invalid-<file stem>``, or with the file's suffix and a digest of its name when another
+    file (broken.yaml beside broken.yml) already holds that id: no error hides another."""
+    dag_id = f"{INVALID_DAG_PREFIX}{safe_key_part(path.stem)}"
+    if dag_id in taken:
+        digest = hashlib.sha256(path.name.encode()).hexdigest()[:8]
+        dag_id = f"{dag_id}-{safe_key_part(path.suffix.lstrip('.'))}-{digest}"
+    return dag_id
+
+
+def build_invalid_config_dag(path: Path, problems: list[str], taken: Container[str] = ()) -> DAG:
     """A visible, failing placeholder for a config that does not validate."""
     report = "\n".join(problems)
     with DAG(
-        dag_id=f"xac-invalid-{safe_key_part(path.stem)}",
+        dag_id=invalid_dag_id(path, taken),
         description=f"INVALID CONFIG {path.name}: {problems[0] if problems else ''}"[:200],
         doc_md=f"# Invalid ExplainerConfiguration `{path.name}`\n\n```\n{report}\n```\n\n"
         "Fix the file and commit: this DAG is replaced by the model's DAG once the config validates.",
@@ -581,11 +594,13 @@ def build_all(directory: Path = CONFIGS_DIR) -> dict[str, DAG]:
         try:
             loaded = load_config(path)
         except ConfigError as exc:
-            dag = build_invalid_config_dag(path, [str(p) for p in exc.problems])
+            dag = build_invalid_config_dag(path, [str(p) for p in exc.problems], dags)
         else:
             if loaded.name in seen:
                 dag = build_invalid_config_dag(
-                    path, [f"{path}:1: metadata.name: {loaded.name!r} is already used by {seen[loaded.name]}"]
+                    path,
+                    [f"{path}:1: metadata.name: {loaded.name!r} is already used by {seen[loaded.name]}"],
+                    dags,
                 )
             else:
                 seen[loaded.name] = path
@@ -594,7 +609,7 @@ def build_all(directory: Path = CONFIGS_DIR) -> dict[str, DAG]:
                 except (PodSpecError, ClusterProfileError, BackendError) as exc:
                     # the kubernetes backend cannot run this config (namespace, GPUs, image, profile)
                     problems = [str(p) for p in getattr(exc, "problems", [])] or [str(exc)]
-                    dag = build_invalid_config_dag(path, [str(exc).splitlines()[0], *problems])
+                    dag = build_invalid_config_dag(path, [str(exc).splitlines()[0], *problems], dags)
                 except Exception as exc:  # whatever Airflow refuses: one config never hides the others
                     dag = build_invalid_config_dag(
                         path, [f"{path}: Airflow cannot build its DAG: {type(exc).__name__}: {exc}"]

@@ -139,11 +139,24 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
 
 
+# The DAG of a config that does not validate is named INVALID_DAG_PREFIX + its file name.
+INVALID_DAG_PREFIX = "xac-invalid-"
+
+
 class Metadata(StrictModel):
     name: Annotated[str, Field(pattern=_DNS_LABEL, description="DNS label; becomes the DAG id.")]
     namespace: Annotated[str | None, Field(pattern=_DNS_LABEL)] = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith(INVALID_DAG_PREFIX):
+            raise ValueError(
+                f"names starting with {INVALID_DAG_PREFIX!r} are reserved for the DAGs of invalid configs"
+            )
+        return value
 
 
 class ExplainerSettings(StrictModel):

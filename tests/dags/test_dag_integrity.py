@@ -149,3 +149,21 @@ def test_a_config_airflow_refuses_becomes_a_failing_dag_and_hides_no_other(
     )
     others = {load_config(p).name for p in discover_config_files()} - {"multimodal-digits-ig"}
     assert others <= set(dags)
+
+
+def test_invalid_configs_never_share_a_dag_id(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Issue 18, item 8: broken.yaml and broken.yml, or a valid config named xac-invalid-..., made one
+    error disappear silently."""
+    (tmp_path / "broken.yaml").write_text("kind: [\n")
+    (tmp_path / "broken.yml").write_text("apiVersion: 1\n")
+    seed = (REPO_ROOT / "include/configs/explainers/diagnosis-risk-kernelshap.yaml").read_text()
+    (tmp_path / "impostor.yaml").write_text(
+        seed.replace("name: diagnosis-risk-kernelshap", "name: xac-invalid-broken")
+    )
+    bag = dagbag(monkeypatch, tmp_path)
+    assert bag.import_errors == {}
+    invalid = sorted(d for d in bag.dag_ids if d.startswith("xac-invalid-"))
+    assert len(invalid) == 3, invalid
+    assert "xac-invalid-broken" in invalid and "xac-invalid-impostor" in invalid
+    impostor = bag.dags["xac-invalid-impostor"].doc_md
+    assert "reserved for the DAGs of invalid configs" in impostor
