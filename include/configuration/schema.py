@@ -235,6 +235,10 @@ class Integration(StrictModel):
     explanationEndpoint: Annotated[str | None, Field(pattern=r"^/[A-Za-z0-9_./-]*$")] = None
 
 
+# A bundle key is prefix + runs/<run>/explanations/<file>: leave room for them within S3's 1024 bytes.
+MAX_PATH_TEMPLATE_BYTES = 512
+
+
 class Storage(StrictModel):
     type: Literal["s3"] = "s3"
     bucket: Annotated[str, Field(pattern=_BUCKET, description="S3 bucket name.")]
@@ -269,6 +273,19 @@ class Storage(StrictModel):
             raise ValueError("placeholders take no format spec or conversion (write {model_version})")
         if template.startswith("/") or ".." in template.split("/"):
             raise ValueError("path template must be relative and must not contain '..'")
+        # Problems S3 or the bundle listing would only meet at publish, after all the work:
+        if len(template.encode()) > MAX_PATH_TEMPLATE_BYTES:
+            raise ValueError(f"path template is over {MAX_PATH_TEMPLATE_BYTES} bytes (S3 keys end at 1024)")
+        if "\\" in template or any(ord(c) < 32 or ord(c) == 127 for c in template):
+            raise ValueError("path template must not contain backslashes or control characters")
+        segments = template.split("/")
+        if any(segment in ("", ".") for segment in segments):
+            raise ValueError("path template must not contain empty or '.' segments ('a//b', './a')")
+        if segments[0].startswith("_"):
+            raise ValueError(
+                f"path template must not start with {segments[0]!r}: top-level names starting with '_' are "
+                "reserved (_keys/, _staging/)"
+            )
         directory, _, file_name = template.rpartition("/")
         if "{inference_id}" not in file_name:
             raise ValueError("the file name (last path segment) must contain {inference_id}")

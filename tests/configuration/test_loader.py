@@ -281,3 +281,30 @@ def test_what_airflow_would_refuse_is_refused_by_validation(airflow: str, field:
     assert any(p.field == field for p in caught.value.problems), caught.value.problems
     good = text[:start] + "  airflow:\n    schedule: '0 6 * * *'\n    tags: [churn]\n"
     assert parse_config_text(good, "good.yaml").config.spec.airflow.schedule == "0 6 * * *"
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("./risk/{inference_id}.json", "empty or '.' segments"),
+        ("risk//{inference_id}.json", "empty or '.' segments"),
+        ("risk\\\\v1/{inference_id}.json", "backslashes or control characters"),
+        ("risk\\u0007/{inference_id}.json", "backslashes or control characters"),
+        ("_keys/{inference_id}.json", "reserved (_keys/, _staging/)"),
+        ("_staging/x/{inference_id}.json", "reserved (_keys/, _staging/)"),
+        ("r" * 600 + "/{inference_id}.json", "over 512 bytes"),
+    ],
+    ids=["dot", "double-slash", "backslash", "control", "keys", "staging", "long"],
+)
+def test_storage_paths_that_would_fail_at_publish_fail_validation(path: str, message: str) -> None:
+    """Issue 18, item 7: these validated, then failed only at publish after all the work (or, for
+    a//b, published bundles the compliance page never showed)."""
+    text = _sample_text().replace(
+        'path: "diagnosis-risk/kernelshap/{model_version}/{inference_id}.json"', f'path: "{path}"'
+    )
+    assert f'path: "{path}"' in text
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(text, "bad.yaml")
+    assert any(p.field == "spec.storage.path" and message in p.message for p in caught.value.problems), (
+        caught.value.problems
+    )
