@@ -191,12 +191,36 @@ MAX_CONFIG_BYTES = 256 * 1024
 MAX_CONFIG_DEPTH = 32
 
 
-def _first_alias(text: str) -> int | None:
-    """The line of the first YAML alias in ``text``, or None (events only: nothing is expanded)."""
+def _event_problem(text: str) -> tuple[int, str] | None:
+    """(line, problem) of the first YAML alias or duplicate mapping key, from the parser's events
+    (nothing is constructed, so nothing is expanded); None when there is neither."""
+    # One frame per open collection: [is_mapping, keys seen, next node is a key].
+    frames: list[list[Any]] = []
     try:
         for event in yaml.parse(text, Loader=_FastLoader):
             if isinstance(event, yaml.AliasEvent):
-                return event.start_mark.line + 1
+                # A config needs no anchors; aliases expand exponentially (a 1.5 KB file took 1.1 GB).
+                return event.start_mark.line + 1, "YAML aliases (*name) are not allowed in a config"
+            if isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+                frames.pop()
+                continue
+            if not isinstance(event, yaml.ScalarEvent | yaml.MappingStartEvent | yaml.SequenceStartEvent):
+                continue
+            if frames and frames[-1][0]:
+                frame = frames[-1]
+                if frame[2] and isinstance(event, yaml.ScalarEvent):
+                    if event.value in frame[1]:
+                        # YAML keeps the last silently: a reviewer reads one value, Airflow runs another
+                        return (
+                            event.start_mark.line + 1,
+                            f"duplicate key {event.value!r} (YAML keeps only the last)",
+                        )
+                    frame[1].add(event.value)
+                frame[2] = not frame[2]
+            if isinstance(event, yaml.MappingStartEvent):
+                frames.append([True, set(), True])
+            elif isinstance(event, yaml.SequenceStartEvent):
+                frames.append([False, set(), False])
     except (yaml.YAMLError, RecursionError):
         return None  # the parse below reports it
     return None
@@ -220,12 +244,9 @@ def parse_config_text(text: str, path: Path | str) -> LoadedConfig:
         raise ConfigError(
             [Problem(shown, 1, "(file)", f"over {MAX_CONFIG_BYTES} bytes: not an ExplainerConfiguration")]
         )
-    alias = _first_alias(text)
-    if alias is not None:
-        # A config needs no anchors; aliases expand exponentially (a 1.5 KB file took 1.1 GB).
-        raise ConfigError(
-            [Problem(shown, alias, "(yaml)", "YAML aliases (*name) are not allowed in a config")]
-        )
+    found = _event_problem(text)
+    if found is not None:
+        raise ConfigError([Problem(shown, found[0], "(yaml)", found[1])])
     try:
         data = yaml.load(text, Loader=_FastLoader)
     except RecursionError:

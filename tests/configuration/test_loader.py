@@ -308,3 +308,17 @@ def test_storage_paths_that_would_fail_at_publish_fail_validation(path: str, mes
     assert any(p.field == "spec.storage.path" and message in p.message for p in caught.value.problems), (
         caught.value.problems
     )
+
+
+def test_duplicate_keys_are_refused_at_their_line() -> None:
+    """Issue 18, item 13: YAML keeps the last of two equal keys, so a reviewer read one DAG id and
+    Airflow ran another."""
+    text = _sample_text().replace(
+        "  name: diagnosis-risk-kernelshap\n", "  name: diagnosis-risk-kernelshap\n  name: another-dag\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(text, "twice.yaml")
+    (problem,) = caught.value.problems
+    assert problem.line == 6 and "duplicate key 'name'" in problem.message
+    # equal items in a list, and equal keys in different mappings, are fine
+    parse_config_text(_sample_text().replace("tags: [tabular, shap]", "tags: [tabular, tabular]"), "ok.yaml")
