@@ -185,6 +185,34 @@ def _wait_until_ready(endpoint_url: str, process: subprocess.Popen[bytes], timeo
     raise TimeoutError(f"moto server did not answer at {endpoint_url} within {timeout:.0f}s")
 
 
+def repair_recording(recording: Path) -> Path | None:
+    """A server killed mid-write leaves a torn last line, which made every later replay fail (and
+    every bucket unreachable). Keep every complete request, move the torn tail aside (returned) and
+    cut it off the recording; None when the recording ends cleanly."""
+    size = recording.stat().st_size
+    with recording.open("rb") as handle:
+        handle.seek(max(size - 1, 0))
+        if handle.read(1) == b"\n":
+            return None
+        # Scan back for the last newline: the torn line starts after it (lines can hold large bodies).
+        end, cut = size, 0
+        while end > 0:
+            start = max(end - (1 << 20), 0)
+            handle.seek(start)
+            block = handle.read(end - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                cut = start + newline + 1
+                break
+            end = start
+        handle.seek(cut)
+        torn = handle.read()
+    aside = recording.with_name(f"{recording.name}.torn-{int(time.time())}")
+    aside.write_bytes(torn)
+    os.truncate(recording, cut)
+    return aside
+
+
 def _replay_recording(endpoint_url: str, recording: Path, timeout: float) -> None:
     """Rebuild state from a previous run's recording (moto replays it against itself)."""
     if not recording.exists() or recording.stat().st_size == 0:
@@ -218,6 +246,15 @@ def start(
         state_dir = Path(state_dir).resolve()
         state_dir.mkdir(parents=True, exist_ok=True)
         recording = state_dir / RECORDING_NAME
+        if recording.is_file() and recording.stat().st_size:
+            # before the server starts: it appends to the recording, burying a torn line mid-file
+            aside = repair_recording(recording)
+            if aside is not None:
+                print(
+                    f"s3 server: the recording ended in a torn request (killed mid-write); "
+                    f"set aside in {aside}",
+                    file=sys.stderr,
+                )
         env["MOTO_ENABLE_RECORDING"] = "True"
         env["MOTO_RECORDER_FILEPATH"] = str(recording)
     else:

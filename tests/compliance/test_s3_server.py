@@ -132,3 +132,21 @@ def test_server_killed_mid_publish_then_retry_completes_with_recording(tmp_path:
 def test_start_refuses_a_busy_port() -> None:
     with start() as server, pytest.raises(OSError, match="already in use"):
         start(server.port)
+
+
+def test_a_recording_torn_by_a_kill_mid_write_still_replays(tmp_path: Path) -> None:
+    """Issue 18, item 9: a truncated last line made every later start fail until edited by hand."""
+    port = free_port()
+    with start(port, state_dir=tmp_path) as server:
+        client = make_client(server.endpoint_url)
+        client.create_bucket(Bucket="kept")
+        client.put_object(Bucket="kept", Key="a.json", Body=b"{}")
+    recording = tmp_path / "moto-recording.jsonl"
+    complete = recording.read_bytes()
+    recording.write_bytes(complete + b'{"module": "s3", "method": "PUT", "path": "/kept/b.js')  # killed here
+    with start(port, state_dir=tmp_path) as server:
+        client = make_client(server.endpoint_url)
+        assert client.get_object(Bucket="kept", Key="a.json")["Body"].read() == b"{}"
+    assert recording.read_bytes().startswith(complete)
+    (aside,) = tmp_path.glob("moto-recording.jsonl.torn-*")
+    assert aside.read_bytes().endswith(b"/kept/b.js")
