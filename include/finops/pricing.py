@@ -69,7 +69,12 @@ def load_catalogue(path: Path | str = DEFAULT_CATALOGUE) -> PriceCatalogue:
         model: {k: _decimal(v, f"{path}: gpuModels.{model}.{k}") for k, v in entry.items()}
         for model, entry in (data.get("gpuModels") or {}).items()
     }
-    storage = {k: _decimal(v, f"{path}: storage.{k}") for k, v in (data.get("storage") or {}).items()}
+    # OpenCost's flat "storage" is a persistent-volume price per GB-hour (its default file has one), not
+    # the object-storage prices per storage class and GiB-month that bundles are priced with: not read.
+    raw_storage = (data.get("storage") or {}) if "prices" in data else {}
+    if not isinstance(raw_storage, dict):
+        raise PricingError(f"{path}: storage: expected a mapping of storage class to a price per GiB-month")
+    storage = {k: _decimal(v, f"{path}: storage.{k}") for k, v in raw_storage.items()}
     return PriceCatalogue(
         currency, effective, prices, gpu_models, str(data.get("source", path.name)), storage
     )

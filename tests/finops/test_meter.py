@@ -88,6 +88,37 @@ def test_opencost_custom_pricing_file(tmp_path: Path) -> None:
     assert rows["CPU"]["BilledCost"] == pytest.approx(0.05)
 
 
+def test_opencosts_own_default_file_loads(tmp_path: Path) -> None:
+    """Issue 18, item 14: OpenCost's default custom-pricing file has a flat "storage" price (per GB-hour
+    of persistent volumes, a string), which crashed `xac cost` with AttributeError."""
+    path = tmp_path / "default.json"
+    path.write_text(
+        json.dumps(
+            {
+                "provider": "custom",
+                "description": "Default prices based on GCP us-central1",
+                "CPU": "0.031611",
+                "spotCPU": "0.006655",
+                "RAM": "0.004237",
+                "spotRAM": "0.000892",
+                "GPU": "0.95",
+                "storage": "0.00005479452",
+                "zoneNetworkEgress": "0.01",
+                "regionNetworkEgress": "0.01",
+                "internetNetworkEgress": "0.12",
+            }
+        )
+    )
+    catalogue = load_catalogue(path)
+    assert catalogue.storage_gib_month == {}
+    rows = by_resource(price_usage(usage(3600, 0, 0.1), ResourceRequest(1, 2**30), LABELS, catalogue))
+    assert rows["CPU"]["BilledCost"] == pytest.approx(0.031611)
+    ours = tmp_path / "catalogue.yaml"
+    ours.write_text("currency: USD\nprices: {CPU: '0.05', RAM: '0.01'}\nstorage: '0.1'\n")
+    with pytest.raises(PricingError, match="storage: expected a mapping"):
+        load_catalogue(ours)
+
+
 def test_catalogue_without_cpu_price_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"RAM": "0.01"}))
