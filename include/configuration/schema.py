@@ -104,14 +104,19 @@ def parse_cpu(value: str) -> float:
     return cores
 
 
+MIN_MEMORY_BYTES = 1 << 20
+
+
 def parse_memory(value: str) -> int:
     """Kubernetes memory quantity ("512Mi", "2Gi", "1G", "1048576") → bytes."""
     match = _MEMORY_RE.match(value.strip())
     if not match:
         raise ValueError(f"{value!r} is not a memory quantity (examples: '512Mi', '2Gi')")
     amount = float(match.group(1)) * _MEMORY_FACTORS[match.group(3)]
-    if amount <= 0:
-        raise ValueError("must be greater than 0")
+    if amount < MIN_MEMORY_BYTES:  # "0.5" is half a byte: a typo for 0.5Gi, not a request
+        raise ValueError(
+            f"{value!r} is less than 1Mi (memory is in bytes unless a unit is given: '512Mi', '2Gi')"
+        )
     if amount > MAX_MEMORY_BYTES:
         raise ValueError(f"{value!r} is more than 4Ti")
     return int(amount)
@@ -167,7 +172,7 @@ class ExplainerSettings(StrictModel):
         + "; ".join(f"{t}: {', '.join(ms)}" for t, ms in METHODS_BY_TYPE.items())
         + "."
     )
-    numSamples: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+    numSamples: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] | None = Field(
         default=None,
         description="KernelSHAP: coalitions sampled per explained row (default 500); LIME: perturbations "
         "per row (default 5000); Counterfactual: random search directions per row (default 256).",
@@ -176,12 +181,12 @@ class ExplainerSettings(StrictModel):
         default=None, description="LIME: width of the proximity kernel (default 0.75 * sqrt(features))."
     )
     backgroundDataStrategy: Literal["random_subset", "kmeans", "all"] = "random_subset"
-    backgroundDataSubsetSize: Annotated[int, Field(ge=1, le=100_000)] = 100
-    imageSuperpixel: Annotated[int, Field(ge=1, le=8)] | None = Field(
+    backgroundDataSubsetSize: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 100
+    imageSuperpixel: Annotated[int, Field(strict=True, ge=1, le=8)] | None = Field(
         default=None,
         description="KernelSHAP / ExactShapley on images: side of the square pixel groups (default 2).",
     )
-    steps: Annotated[int, Field(ge=2, le=10_000)] | None = Field(
+    steps: Annotated[int, Field(strict=True, ge=2, le=10_000)] | None = Field(
         default=None, description="IntegratedGradients: integration steps (default 50)."
     )
     integrationMethod: (
@@ -205,16 +210,16 @@ class ExplainerSettings(StrictModel):
         default=None,
         description="GradientSHAP: input noise per draw, in background standard deviations (default 0).",
     )
-    slidingWindow: Annotated[int, Field(ge=1, le=4096)] | None = Field(
+    slidingWindow: Annotated[int, Field(strict=True, ge=1, le=4096)] | None = Field(
         default=None, description="Occlusion on images: side of the square occlusion window (default 2)."
     )
-    strides: Annotated[int, Field(ge=1, le=4096)] | None = Field(
+    strides: Annotated[int, Field(strict=True, ge=1, le=4096)] | None = Field(
         default=None, description="Occlusion on images: window step in pixels (default: the window side)."
     )
     headFusion: Literal["mean", "max", "min"] | None = Field(
         default=None, description="AttentionRollout: how a layer's heads are combined (default mean)."
     )
-    internalBatchSize: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    internalBatchSize: Annotated[int, Field(strict=True, ge=1, le=1_000_000)] | None = None
     precision: Literal["fp32", "bf16"] | None = Field(
         default=None,
         description="IntegratedGradients: fp32 (default) or bf16 autocast of the model's forward/backward.",
@@ -222,7 +227,7 @@ class ExplainerSettings(StrictModel):
     compile: bool | None = Field(
         default=None, description="IntegratedGradients: run the model through torch.compile (default false)."
     )
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    seed: Annotated[int, Field(strict=True, ge=0, le=2**31 - 1)] = 0
 
 
 class InferenceServiceRef(StrictModel):
@@ -242,6 +247,21 @@ MAX_PATH_TEMPLATE_BYTES = 512
 class Storage(StrictModel):
     type: Literal["s3"] = "s3"
     bucket: Annotated[str, Field(pattern=_BUCKET, description="S3 bucket name.")]
+
+    @field_validator("bucket")
+    @classmethod
+    def _s3_bucket_rules(cls, value: str) -> str:
+        """S3's naming rules beyond the character set, so a bad name fails here and not at publish."""
+        if ".." in value or ".-" in value or "-." in value:
+            raise ValueError(f"{value!r}: S3 bucket names have no '..', '.-' or '-.'")
+        if re.fullmatch(r"\d+\.\d+\.\d+\.\d+", value):
+            raise ValueError(f"{value!r}: S3 bucket names must not look like an IP address")
+        if value.startswith(("xn--", "sthree-")) or value.endswith(
+            ("-s3alias", "--ol-s3", ".mrap", "--x-s3")
+        ):
+            raise ValueError(f"{value!r}: S3 reserves this prefix or suffix")
+        return value
+
     kmsKeyId: Annotated[str, Field(min_length=1, max_length=2048)] | None = Field(
         default=None,
         description="Encrypt every bundle object with SSE-KMS under this key (id, ARN or alias).",
@@ -360,11 +380,11 @@ class InferenceSelection(StrictModel):
     ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=list, description="Entity keys to explain by default (a run's Param overrides)."
     )
-    count: Annotated[int, Field(ge=1, le=100_000)] = 8
+    count: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 8
 
 
 class RetentionTransition(StrictModel):
-    days: Annotated[int, Field(ge=1, le=36_500)]
+    days: Annotated[int, Field(strict=True, ge=1, le=36_500)]
     storageClass: Literal[
         "STANDARD_IA", "INTELLIGENT_TIERING", "ONEZONE_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"
     ]
@@ -378,7 +398,7 @@ def _default_transitions() -> list[RetentionTransition]:
 class Retention(StrictModel):
     """How long bundles are kept, and how (S3 lifecycle rules on the config's prefix, Object Lock)."""
 
-    years: Annotated[int, Field(ge=1, le=100)] = 10
+    years: Annotated[int, Field(strict=True, ge=1, le=100)] = 10
     objectLockMode: Literal["GOVERNANCE", "COMPLIANCE"] | None = Field(
         default=None,
         description="Object Lock mode of every bundle object (the bucket must have Object Lock).",
@@ -404,8 +424,8 @@ SCHEDULE_PRESETS = (
 
 class AirflowSettings(StrictModel):
     schedule: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    retries: Annotated[int, Field(ge=0, le=20)] = 2
-    retryDelaySeconds: Annotated[int, Field(ge=0, le=86_400)] = 30
+    retries: Annotated[int, Field(strict=True, ge=0, le=20)] = 2
+    retryDelaySeconds: Annotated[int, Field(strict=True, ge=0, le=86_400)] = 30
     # Airflow refuses tags over 100 characters when it serialises the DAG (it would drop the DAG)
     tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=100)]], Field(max_length=50)] = Field(
         default_factory=list

@@ -322,3 +322,25 @@ def test_duplicate_keys_are_refused_at_their_line() -> None:
     assert problem.line == 6 and "duplicate key 'name'" in problem.message
     # equal items in a list, and equal keys in different mappings, are fine
     parse_config_text(_sample_text().replace("tags: [tabular, shap]", "tags: [tabular, tabular]"), "ok.yaml")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("numSamples: 1022", "numSamples: true", "spec.explainerConfig.numSamples"),
+        ("count: 8", "count: '8'", "spec.inference.count"),
+        ('memory: "1Gi"', 'memory: "0.5"', "spec.resourceRequirements.memory"),
+        ("bucket: xac-explanations", "bucket: xac..explanations", "spec.storage.bucket"),
+        ("bucket: xac-explanations", "bucket: 10.0.0.1", "spec.storage.bucket"),
+        ("bucket: xac-explanations", "bucket: xn--explanations", "spec.storage.bucket"),
+    ],
+    ids=["bool-as-int", "string-as-int", "half-a-byte", "double-dot-bucket", "ip-bucket", "reserved-bucket"],
+)
+def test_values_that_only_look_valid_are_refused(old: str, new: str, field: str) -> None:
+    """Issue 18, item 13: these were accepted (True as a sample count, 0 bytes of memory, buckets S3
+    refuses)."""
+    text = _sample_text()
+    assert old in text
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(text.replace(old, new), "x.yaml")
+    assert [p.field for p in caught.value.problems] == [field]
