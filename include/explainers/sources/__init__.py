@@ -303,14 +303,6 @@ def refuse_code_on_load(path: Path, source: str) -> None:
         )
 
 
-@dataclass
-class LocalArtifact:
-    """A model file made local (downloaded from ``s3://`` into a temporary folder if need be)."""
-
-    path: Path
-    uri: str
-
-
 def _bounded_file(path: Path, uri: str) -> Path:
     if not path.exists():
         raise ModelNotFoundError(f"model file {uri} not found")
@@ -326,11 +318,10 @@ def _bounded_file(path: Path, uri: str) -> Path:
     return path
 
 
-def local_artifact(location: str, scratch: Path) -> LocalArtifact:
+def _local_copy(location: str, scratch: Path) -> Path:
     """``location`` as a local file: a path as is, an ``s3://`` object downloaded into ``scratch``."""
     if not location.startswith("s3://"):
-        path = Path(location).expanduser()
-        return LocalArtifact(_bounded_file(path, location), location)
+        return _bounded_file(Path(location).expanduser(), location)
     from include.compliance import parse_s3_uri
     from include.storage import s3_client
 
@@ -348,7 +339,7 @@ def local_artifact(location: str, scratch: Path) -> LocalArtifact:
     target = scratch / Path(key).name
     scratch.mkdir(parents=True, exist_ok=True)
     client.download_file(bucket, key, str(target))
-    return LocalArtifact(_bounded_file(target, location), location)
+    return _bounded_file(target, location)
 
 
 @contextlib.contextmanager
@@ -356,24 +347,21 @@ def artifact_file(location: str, source: str) -> Iterator[tuple[Path, ArtifactDi
     """The artifact at ``location`` as a local file (an ``s3://`` object downloaded into a temporary
     folder, removed after), refused when it is a pickle, with its sha256 and size."""
     with tempfile.TemporaryDirectory(prefix="xac-model-") as scratch:
-        artifact = local_artifact(location, Path(scratch))
-        refuse_code_on_load(artifact.path, source)
-        yield artifact.path, sha256_and_size(artifact.path)
+        path = _local_copy(location, Path(scratch))
+        refuse_code_on_load(path, source)
+        yield path, sha256_and_size(path)
 
 
-def check_task(options: LoadOptions, inferred: OutputSpec | None) -> OutputSpec | None:
-    """The user's ``task``/``output_scale``/``class_names`` over what the artifact says."""
+def check_task(options: LoadOptions, inferred: OutputSpec) -> OutputSpec:
+    """The user's ``task``/``output_scale``/``class_names`` over what the artifact says (or implies)."""
     if options.task is not None and options.task not in TASKS:
         raise ModelLoadError(f"task must be one of {', '.join(TASKS)}, got {options.task!r}")
-    task = options.task or (inferred.task if inferred else None)
-    if task is None:
-        return None
+    task = options.task or inferred.task
+    same = inferred.task == task
     scale = options.output_scale or (
-        inferred.scale
-        if inferred and inferred.task == task
-        else ("raw" if task == "regression" else "logits")
+        inferred.scale if same else ("raw" if task == "regression" else "logits")
     )
-    names = options.class_names or (inferred.class_names if inferred and inferred.task == task else ())
+    names = options.class_names or (inferred.class_names if same else ())
     return OutputSpec(task, scale, tuple(str(n) for n in names))
 
 
@@ -408,7 +396,6 @@ def model_from_source(
     if inferred is None and loaded.infer_output is not None:
         inferred = loaded.infer_output(len(columns))
     output = check_task(options, inferred or _probe_output(loaded, len(columns)))
-    assert output is not None
     n_out = _probe_width(loaded, len(columns))
     if options.task is None and output.task == "binary" and n_out > 2:  # probabilities of K classes
         output = OutputSpec("multiclass", output.scale, output.class_names)
@@ -506,11 +493,6 @@ def _probe_output(loaded: SourceModel, n_features: int) -> OutputSpec:
     if width == 1:
         return OutputSpec("regression", "raw")
     return OutputSpec("multiclass", "logits")
-
-
-def iter_sources() -> Iterator[ModelSource]:
-    for name in SOURCE_MODULES:
-        yield get_source(name)
 
 
 __all__ = [
