@@ -20,7 +20,7 @@ help:
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make lint   - ruff"
 	@echo "make bench  - benchmarks (bench/)"
-	@echo "make s3     - start the loopback S3 server in the background (stop: make s3-stop)"
+	@echo "make s3     - start the loopback S3 server in the background (S3_PORT=N to choose; stop: make s3-stop)"
 	@echo "make airflow - real Airflow (api-server, scheduler, dag-processor, triggerer) on 127.0.0.1:8080; Ctrl-C stops"
 
 # The venv is rebuilt only when the pins change (idempotent).
@@ -75,7 +75,7 @@ bench: venv
 	-$(PY) bench/bench_model_sources.py
 
 s3: venv
-	$(PY) -m include.embedded.s3_server start
+	$(PY) -m include.embedded.s3_server start $(if $(S3_PORT),--port $(S3_PORT))
 
 s3-stop: venv
 	$(PY) -m include.embedded.s3_server stop
