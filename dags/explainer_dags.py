@@ -482,7 +482,8 @@ def build_dag(loaded: LoadedConfig) -> DAG:
                 join_step,
                 ctx,
                 list(shards),
-                list(results) if results is not None else None,
+                # a slice is one request; iterating asks past the end and logs "[error] XCom not found"
+                list(results[:]) if results is not None else None,
                 backend=backend,
                 s3_client=_s3_client(),
                 plan=budget,
