@@ -21,33 +21,12 @@ def s3_client(endpoint_url: str | None = None) -> Any:
     from botocore.config import Config
 
     endpoint = endpoint_url or os.environ.get("S3_ENDPOINT_URL") or None
-    credentials: dict[str, str] = {}
-    if endpoint and _is_loopback(endpoint) and not _credentials_configured():
-        # The embedded S3 server (`make s3`) takes any credentials; without these a user pointing
-        # S3_ENDPOINT_URL at it had to invent some (botocore's NoCredentialsError otherwise).
-        credentials = {"aws_access_key_id": "xac-embedded", "aws_secret_access_key": "xac-embedded"}
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
         config=Config(retries={"max_attempts": 3, "mode": "standard"}),
-        **credentials,
     )
-
-
-def _is_loopback(endpoint: str) -> bool:
-    from urllib.parse import urlsplit
-
-    return (urlsplit(endpoint).hostname or "") in ("127.0.0.1", "localhost", "::1")
-
-
-def _credentials_configured() -> bool:
-    """Credentials set by environment or shared files (not the instance metadata service: looking
-    there with no network costs seconds)."""
-    if os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE"):
-        return True
-    files = (os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"), "~/.aws/config")
-    return any(Path(f).expanduser().is_file() for f in files)
 
 
 def default_signing_key_path() -> Path:

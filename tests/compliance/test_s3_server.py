@@ -150,21 +150,3 @@ def test_a_recording_torn_by_a_kill_mid_write_still_replays(tmp_path: Path) -> N
     assert recording.read_bytes().startswith(complete)
     (aside,) = tmp_path.glob("moto-recording.jsonl.torn-*")
     assert aside.read_bytes().endswith(b"/kept/b.js")
-
-
-def test_a_loopback_endpoint_needs_no_invented_credentials(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """`make s3` and S3_ENDPOINT_URL alone: botocore's NoCredentialsError unless the user invented keys."""
-    from include.storage import s3_client
-
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("HOME", str(tmp_path))
-    with start(free_port()) as server:
-        monkeypatch.setenv("S3_ENDPOINT_URL", server.endpoint_url)
-        client = s3_client()
-        client.create_bucket(Bucket="no-keys-needed")
-        assert [b["Name"] for b in client.list_buckets()["Buckets"]] == ["no-keys-needed"]
