@@ -395,8 +395,8 @@ def model_from_source(
     inferred = loaded.output
     if inferred is None and loaded.infer_output is not None:
         inferred = loaded.infer_output(len(columns))
-    output = check_task(options, inferred or _probe_output(loaded, len(columns)))
-    n_out = _probe_width(loaded, len(columns))
+    n_out = _probe_width(loaded, len(columns))  # one forward of a zero row, whatever else we learn
+    output = check_task(options, inferred or _output_from_width(n_out))
     if options.task is None and output.task == "binary" and n_out > 2:  # probabilities of K classes
         output = OutputSpec("multiclass", output.scale, output.class_names)
     if output.task == "multiclass":
@@ -487,9 +487,8 @@ def _probe_width(loaded: SourceModel, n_features: int) -> int:
     return int(out.reshape(1, -1).shape[1])
 
 
-def _probe_output(loaded: SourceModel, n_features: int) -> OutputSpec:
+def _output_from_width(width: int) -> OutputSpec:
     """The artifact does not say what it predicts: one column is a regression, several logits."""
-    width = _probe_width(loaded, n_features)
     if width == 1:
         return OutputSpec("regression", "raw")
     return OutputSpec("multiclass", "logits")
