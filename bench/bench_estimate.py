@@ -10,7 +10,8 @@ fresh ``XAC_HOME`` with an empty cost store:
    can only scale by work); recorded for information, since the target is about equal work.
 
 The runs go through the same pipeline functions the DAG's tasks call (start_run, provenance_step,
-plan_step, explain_step, meter_step), with the frames read from local paths (no S3 needed).
+plan_step, explain_step, meter_step), with the run's artifacts staged on a loopback S3 (moto) as
+in a DAG run.
 Figures go to bench/results/estimate.json; tests/finops/test_estimate_history.py replays the
 recorded history through the estimator.
 
@@ -40,7 +41,7 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _one_run(config: Path, run_id: str, params: dict[str, Any]) -> dict[str, Any]:
+def _one_run(config: Path, run_id: str, params: dict[str, Any], s3: Any) -> dict[str, Any]:
     from include.orchestration.pipeline import (
         explain_step,
         meter_step,
@@ -49,21 +50,28 @@ def _one_run(config: Path, run_id: str, params: dict[str, Any]) -> dict[str, Any
         start_run,
     )
 
-    ctx = start_run(
-        str(config), dag_id=config.stem, run_id=run_id, params=params, identity={"bench": "estimate"}
+    run = start_run(
+        str(config),
+        dag_id=config.stem,
+        run_id=run_id,
+        params=params,
+        identity={"bench": "estimate"},
+        s3_client=s3,
+        log=_quiet,
     )
     started = time.perf_counter()
-    provenance = provenance_step(ctx, log=_quiet)
-    plan = plan_step(ctx, provenance, log=_quiet)
-    explain = explain_step(ctx, provenance, plan, log=_quiet)
-    summary = meter_step(ctx, explain, plan, log=_quiet)
-    usage = explain["usage"]
+    provenance = provenance_step(run, s3, log=_quiet)
+    plan = plan_step(run, provenance, s3, log=_quiet)
+    explain = explain_step(run, provenance, plan, s3, log=_quiet)
+    summary = meter_step(run, explain, plan, s3, log=_quiet)
+    usage = explain.usage
+    assert usage is not None
     error = summary["total"] / plan["estimate"] - 1 if plan["estimate"] else None
     return {
         "run_id": run_id,
         "sample_budget": params.get("sample_budget"),
         "samples_or_steps": int(next(v for k, v in plan["params"].items() if k in ("numSamples", "steps"))),
-        "explained": int(explain["explained"]),
+        "explained": explain.explained,
         "basis": plan["basis"],
         "estimate": plan["estimate"],
         "estimate_high": plan["estimate_high"],
@@ -93,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         stdout=subprocess.DEVNULL,
     )
     from include.configuration import discover_config_files, load_config
+    from include.embedded import s3_server
+    from include.storage import s3_client
+
+    with s3_server.environment() as server:
+        return _measure(args, s3_client(server.endpoint_url), discover_config_files, load_config)
+
+
+def _measure(args: argparse.Namespace, s3: Any, discover_config_files: Any, load_config: Any) -> int:
 
     configs = sorted(discover_config_files(REPO_ROOT / "include" / "configs" / "explainers"))
     if args.configs:
@@ -106,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for label, budget in (("A", None), ("B", None), ("C", max(int(full) // 2, 1))):
             params: dict[str, Any] = {} if budget is None else {"sample_budget": budget}
-            run = _one_run(config, f"bench__estimate_{label}_{datetime.now(UTC):%Y%m%dT%H%M%S%f}", params)
+            run_id = f"bench__estimate_{label}_{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
+            run = _one_run(config, run_id, params, s3)
             run["label"] = label
             runs.append(run)
             print(

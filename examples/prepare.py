@@ -20,6 +20,16 @@ def prepare_samples(force: bool = False) -> Iterator[str]:
     yield "feast apply: registry up to date"
     models = train_sample_models(force=force)
     yield f"models: {', '.join(str(p) for p in models.values())}"
+    from include.explainers.model_store import push_model, remote_model_store
+
+    if remote_model_store() is not None:  # a shared deployment's store: every worker reads it there
+        from include.compliance import ensure_bucket, parse_s3_uri
+        from include.storage import s3_client
+
+        client = s3_client()
+        ensure_bucket(client, parse_s3_uri(remote_model_store() + "/")[0])
+        for path in models.values():
+            yield f"pushed {push_model(path.parent.parent.name, path.parent.name, client)}"
     from examples.xgboost_model import train_xgboost_sample
 
     yield f"a team's own model (XGBoost, declared by its source): {train_xgboost_sample(force=force)}"

@@ -9,19 +9,20 @@ The page itself is :mod:`include.compliance_ui` (plain FastAPI). This file adds 
   (a browser is redirected to the auth manager's login page); an invalid one is a 403.
 * **Authorisation.** A bundle is listed only when the user may read its DAG's runs
   (``is_authorized_dag(GET, RUN)``), so the auth manager's DAG permissions apply to bundles too.
-* **S3**, from the same settings as the DAGs: ``S3_ENDPOINT_URL`` when set, else the ``aws_default``
-  connection when it exists, else boto3's defaults. The trusted public key is ``XAC_PUBLIC_KEY`` (else the
-  embedded default's demo key).
+* **S3 and the trusted keys**, from the same adapters as the DAGs (:mod:`include.adapters.connections`):
+  ``S3_ENDPOINT_URL`` when set, else the ``aws_default`` connection when it exists, else boto3's defaults;
+  the ``xac_keyring`` connection's PEM public keys, else ``XAC_PUBLIC_KEY`` (else the embedded default's
+  demo key).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Request
 
+from include.adapters import connections
 from include.compliance_ui import Forbidden, NotAuthenticated, Principal, Settings, create_app
 
 URL_PREFIX = "/xac-compliance"
@@ -68,35 +69,12 @@ def _login_url(next_url: str) -> str:
     return str(get_auth_manager().get_url_login(next_url=next_url))
 
 
-def _s3_client() -> Any:
-    """As the DAGs do (dags/explainer_dags.py): S3_ENDPOINT_URL, else ``aws_default``, else boto3's chain."""
-    from include.storage import s3_client
-
-    if os.environ.get("S3_ENDPOINT_URL"):
-        return s3_client()
-    try:
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-        from airflow.sdk import BaseHook
-
-        BaseHook.get_connection("aws_default")
-    except Exception:
-        return s3_client()
-    return S3Hook(aws_conn_id="aws_default").get_conn()
-
-
-def _trusted_keys() -> Any:
-    """The keys of ``XAC_PUBLIC_KEY`` (a PEM, a folder of *.pub.pem or a keyring YAML), else the local
-    signing key's public half; None when there is none."""
-    from include.compliance.keys import load_keyring
-    from include.storage import default_public_key_path
-
-    path = default_public_key_path()
-    return load_keyring([path]) if path.exists() else None
-
-
 compliance_app = create_app(
     Settings(
-        authenticate=_authenticate, s3_client=_s3_client, trusted_keys=_trusted_keys, login_url=_login_url
+        authenticate=_authenticate,
+        s3_client=connections.s3_client,
+        trusted_keys=connections.trusted_keys,
+        login_url=_login_url,
     )
 )
 

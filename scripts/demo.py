@@ -158,21 +158,27 @@ def _s3_client(default_factory: object) -> object:
     return default_factory()  # type: ignore[operator]
 
 
+def _task_result(dag_id: str, run_id: str, task_id: str) -> dict:
+    """What a task of the run returned (XCom): the run's tasks share nothing else."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(run_id=run_id, dag_ids=dag_id, task_ids=task_id, key="return_value")
+        row = session.scalars(query).first()
+        return XComModel.deserialize_value(row) if row is not None else {}
+
+
 def _published(dag_id: str, run_id: str) -> dict:
-    """What the run's publish step recorded in its workspace."""
-    import json
-
-    from include.configuration.layout import safe_key_part
-    from include.paths import runs_dir
-
-    workspace = runs_dir() / dag_id / safe_key_part(run_id)
-    ctx = json.loads((workspace / "run.json").read_text())
-    cost = json.loads((workspace / "cost.json").read_text())["summary"]
-    gate = json.loads((workspace / "fidelity_gate.json").read_text())
+    """What the run's publish and gate tasks returned."""
+    run = _task_result(dag_id, run_id, "load_config")
+    published = _task_result(dag_id, run_id, "publish_bundle")
+    gate = _task_result(dag_id, run_id, "fidelity_gate")
+    cost = _task_result(dag_id, run_id, "meter_cost")
     return {
-        "bucket": ctx["bucket"],
-        "prefix": ctx["bundle_prefix"],
-        "uri": f"s3://{ctx['bucket']}/{ctx['bundle_prefix']}",
+        "bucket": run["bucket"],
+        "prefix": run["bundle_prefix"],
+        "uri": published["uri"],
         "cost": f"{cost['total']:.6f} {cost['currency']} "
         f"({cost['cost_per_1000_explanations']} per 1,000 explanations)",
         "fidelity": f"{gate['metric']} = {gate['score']:.4f} (threshold {gate['threshold']})",

@@ -467,6 +467,27 @@ def cmd_samples_prepare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models_push(args: argparse.Namespace) -> int:
+    """Copy versions of the local model store to the shared one (``XAC_MODEL_STORE``)."""
+    from include.explainers.errors import ModelLoadError, ModelNotFoundError
+    from include.explainers.model_store import push_model, remote_model_store
+    from include.storage import s3_client
+
+    try:
+        if remote_model_store() is None:
+            print(
+                "xac models push: set XAC_MODEL_STORE=s3://bucket/prefix (the shared store)", file=sys.stderr
+            )
+            return EXIT_USAGE
+        client = s3_client()
+        for version in args.version:
+            print(push_model(args.name, version, client))
+    except (ModelLoadError, ModelNotFoundError) as exc:
+        print(f"xac models push: {exc}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    return EXIT_OK
+
+
 def cmd_cost(args: argparse.Namespace) -> int:
     from include.finops.cli import run_cost_command
 
@@ -668,6 +689,15 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--node", metavar="NODE.json", help="the pod's node: GPU model, spot, region")
     cost.add_argument("--cluster-profile", metavar="PATH", help="MIG / time-slicing / spot-label rules")
     cost.set_defaults(func=cmd_cost)
+
+    models = sub.add_parser("models", help="the model store")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    push = models_sub.add_parser(
+        "push", help="copy model store versions to the shared store named by XAC_MODEL_STORE (s3://)"
+    )
+    push.add_argument("name", help="model name (as in include/configs/models.yaml)")
+    push.add_argument("version", nargs="+", help="version(s) to copy")
+    push.set_defaults(func=cmd_models_push)
 
     samples = sub.add_parser("samples", help="sample data and models of the embedded default")
     samples_sub = samples.add_subparsers(dest="samples_command", required=True)

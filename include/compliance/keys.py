@@ -310,3 +310,28 @@ def load_keyring(sources: Iterable[str | Path]) -> Keyring:
     if not keys:
         raise KeyringError("no trusted public key given")
     return Keyring(tuple(keys))
+
+
+PEM_PUBLIC_KEY_BLOCK = "-----BEGIN PUBLIC KEY-----"
+
+
+def keyring_from_pem_text(text: str, source: str) -> Keyring:
+    """The public keys of one or more PEM blocks in ``text`` (e.g. an Airflow connection's password),
+    each trusted without a time limit; ``source`` names where they came from in errors."""
+    text = text.replace("\\n", "\n")  # a secret pasted into a one-line field keeps escaped newlines
+    if "PRIVATE KEY" in text:
+        raise KeyringError(f"{source}: holds a private key; give the public key(s) to verifiers")
+    blocks = [PEM_PUBLIC_KEY_BLOCK + part for part in text.split(PEM_PUBLIC_KEY_BLOCK)[1:]]
+    if not blocks:
+        raise KeyringError(f"{source}: no PEM public key ({PEM_PUBLIC_KEY_BLOCK})")
+    keys = []
+    for index, block in enumerate(blocks):
+        try:
+            keys.append(
+                TrustedKey(load_public_key(block.strip().encode() + b"\n"), f"{source} key {index + 1}")
+            )
+        except Exception as exc:
+            raise KeyringError(
+                f"{source}: key {index + 1} is not a PEM public key ({type(exc).__name__})"
+            ) from exc
+    return Keyring(tuple(keys))

@@ -312,6 +312,9 @@ class TaskLogSource:
     secrets: tuple[str, ...] = ()
     secret_regexes: tuple[str, ...] = ()
     sensitive_fields: frozenset[str] = SENSITIVE_FIELDS
+    # ``[logging] remote_base_log_folder`` when remote logging to S3 is on: every finished attempt of
+    # every task is there, whichever worker ran it (the local folder holds only this worker's).
+    remote_base: str | None = None
 
     def redactor(self) -> Redactor:
         return Redactor(
@@ -410,6 +413,34 @@ def find_task_logs(
     return found
 
 
+def fetch_remote_task_logs(
+    s3_client: Any, remote_base: str, dag_id: str, run_id: str, target: Path, max_bytes: int = 256 << 20
+) -> int:
+    """Download the run's task logs that Airflow's remote logging uploaded under ``remote_base``
+    (``s3://bucket/prefix``) into ``target``, laid out as a local ``base_log_folder``; returns the
+    count. Keys outside Airflow's layout are skipped; more than ``max_bytes`` in all is refused."""
+    from include.compliance import parse_s3_uri
+
+    bucket, prefix = parse_s3_uri(remote_base.rstrip("/") + "/")
+    prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+    run_prefix = f"{prefix}dag_id={dag_id}/run_id={run_id}/"
+    count = total = 0
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=run_prefix):
+        for item in page.get("Contents", []):
+            relative = item["Key"][len(prefix) :]
+            parts = relative.split("/")
+            if any(part in ("", ".", "..") for part in parts) or not _ATTEMPT_RE.match(parts[-1]):
+                continue
+            total += int(item.get("Size") or 0)
+            if total > max_bytes:
+                raise ValueError(f"the task logs under s3://{bucket}/{run_prefix} exceed {max_bytes} bytes")
+            path = target.joinpath(*parts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            s3_client.download_file(bucket, item["Key"], str(path))
+            count += 1
+    return count
+
+
 def _copy_redacted(source: Path, target: Path, redactor: Redactor) -> tuple[int, str, dict[str, int]]:
     # surrogateescape keeps bytes that are not UTF-8 exactly as they were.
     text = source.read_bytes().decode("utf-8", errors="surrogateescape")
@@ -450,6 +481,10 @@ def collect_run_logs(
         return _write_index(logs_dir, collection)
     base = Path(source.base_log_folder)
     collection.searched = str(_run_folder(base, source.dag_id, source.run_id))
+    if source.remote_base:  # base is a scratch copy of the remote logs: name where they really are
+        collection.searched = (
+            f"{source.remote_base.rstrip('/')}/dag_id={source.dag_id}/run_id={source.run_id}"
+        )
     found = find_task_logs(base, source.dag_id, source.run_id)
     if not found:
         collection.notes.append(

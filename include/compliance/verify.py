@@ -282,12 +282,22 @@ def _check_signed_manifest(
             )
         if statement is not None:
             _compare_subjects(manifest, hashlib.sha256(manifest.raw).hexdigest(), statement, problems)
+        _check_config_digest(manifest, problems)
         if verified_by is not None:
             # created_at is inside the signed manifest, so the key's period is judged on signed data.
             period = verified_by.period_problem(manifest.created_at_datetime)
             if period is not None:
                 problems.append(period)
     return manifest
+
+
+def _check_config_digest(manifest: Manifest, problems: list[str]) -> None:
+    """The bundled ``config.yaml`` must be the config the run recorded (``run.config_sha256``, signed):
+    the run stages its config by digest and every stage reads that copy."""
+    signed = manifest.run.get("config_sha256")
+    entry = next((f for f in manifest.files if f.path == "config.yaml"), None)
+    if signed and entry is not None and entry.sha256 != signed:
+        problems.append(f"config.yaml: sha256 {entry.sha256} is not the run's signed config digest {signed}")
 
 
 def verify_directory(root: Path, key: SSlibKey | Keyring | None) -> VerificationReport:

@@ -1,4 +1,10 @@
-"""The model store: ``models_dir()/<name>/<version>/model.pt`` + ``model.json``.
+"""The model store: ``<store>/<name>/<version>/model.pt`` + ``model.json``.
+
+The store is a folder (``models_dir()``, under ``$XAC_HOME``: the embedded default) or, for a
+deployment with several workers, an object-storage prefix named by ``XAC_MODEL_STORE``
+(``s3://bucket/models``): a run then pins the version's ``model.pt`` by the sha256 its ``model.json``
+records and every explainer process fetches that copy (no worker's disk is read). :func:`push_model`
+copies a local version there.
 
 A PyTorch module of the team's own code with its weights: for the methods that need the module's
 structure (DeepSHAP's rules, attention rollout's attention layers, ``torch.compile``), which an
@@ -60,6 +66,66 @@ def model_dir(name: str, version: str) -> Path:
                 f"{what} {value!r} cannot name a model store folder: {model_version_problem(value)}"
             )
     return models_dir() / name / str(version)
+
+
+MAX_MODEL_JSON_BYTES = 1 << 20
+
+
+def remote_model_store() -> str | None:
+    """``XAC_MODEL_STORE`` (an ``s3://`` prefix), or None for the local folder."""
+    value = os.environ.get("XAC_MODEL_STORE", "").strip()
+    if not value:
+        return None
+    if not value.startswith("s3://") or len(value) <= len("s3://"):
+        raise ModelLoadError(f"XAC_MODEL_STORE={value!r}: expected an s3://bucket/prefix URI")
+    return value.rstrip("/")
+
+
+def remote_model_uri(name: str, version: str) -> str:
+    """``<XAC_MODEL_STORE>/<name>/<version>/`` (names checked as for a folder)."""
+    model_dir(name, version)  # the same safe-segment rule as the local store
+    store = remote_model_store()
+    if store is None:
+        raise ModelLoadError("XAC_MODEL_STORE is not set: the model store is the local folder")
+    return f"{store}/{name}/{version}/"
+
+
+def remote_model_sha256(name: str, version: str, s3_client: Any) -> str:
+    """The sha256 of ``model.pt`` that the remote store's ``model.json`` records (read, bounded)."""
+    from include.compliance import parse_s3_uri
+
+    uri = remote_model_uri(name, version) + "model.json"
+    bucket, key = parse_s3_uri(uri)
+    try:
+        response = s3_client.get_object(Bucket=bucket, Key=key)
+    except Exception as exc:  # botocore's errors: missing object, no credentials, unreachable
+        raise ModelNotFoundError(f"model {name!r} version {version!r}: {uri} not readable: {exc}") from None
+    raw = response["Body"].read(MAX_MODEL_JSON_BYTES + 1)
+    try:
+        if len(raw) > MAX_MODEL_JSON_BYTES:
+            raise ValueError(f"over {MAX_MODEL_JSON_BYTES} bytes")
+        recorded = json.loads(raw)["sha256"]
+        if not isinstance(recorded, str) or not re.fullmatch(r"[0-9a-f]{64}", recorded):
+            raise ValueError(f"sha256 {recorded!r} is not a hex digest")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(f"model {name!r} version {version!r}: unreadable {uri}: {exc}") from None
+    return recorded
+
+
+def push_model(name: str, version: str, s3_client: Any) -> str:
+    """Copy a version of the local store to ``XAC_MODEL_STORE`` (``model.json`` last: a reader that
+    finds it finds the weights); returns its URI."""
+    from include.compliance import parse_s3_uri
+
+    folder = model_dir(name, version)
+    weights, meta = folder / "model.pt", folder / "model.json"
+    if not weights.is_file() or not meta.is_file():
+        raise ModelNotFoundError(f"model {name!r} version {version!r} is not in the local store ({folder})")
+    uri = remote_model_uri(name, version)
+    bucket, prefix = parse_s3_uri(uri)
+    for path in (weights, meta):
+        s3_client.upload_file(str(path), bucket, prefix.rstrip("/") + "/" + path.name)
+    return uri
 
 
 def model_path(name: str, version: str) -> Path:
@@ -194,7 +260,8 @@ def load_source_model(
         raise ModelLoadError(f"model {name!r}: invalid source in the model catalogue: {problems}")
     source = entry.source
     declared_columns = entry.inputs or tuple(columns)
-    ref = ModelRef(source.type, location or source.location(str(version), str(xac_home())))
+    declared = source.location(str(version), str(xac_home()))
+    ref = ModelRef(source.type, location or declared)
     options = LoadOptions(
         task=entry.task or None,
         output_scale=source.output_scale,
@@ -204,7 +271,7 @@ def load_source_model(
         headers=source.headers,
         endpoint_output=source.output,
     )
-    return model_from_source(
+    loaded = model_from_source(
         ref,
         declared_columns,
         options=options,
@@ -213,6 +280,16 @@ def load_source_model(
         version=str(version),
         expected_sha256=expected_sha256,
     )
+    if location is not None and location != declared and loaded.origin is not None:
+        # The record names the declared artifact (the staged copy is removed after publishing); the
+        # digests are of the bytes actually read, which the run pinned to the declared file's.
+        from dataclasses import replace
+
+        loaded.origin = replace(
+            loaded.origin, uri=declared, details={**loaded.origin.details, "read_from": location}
+        )
+        loaded.metadata["source"] = loaded.origin.to_json()
+    return loaded
 
 
 _CODE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

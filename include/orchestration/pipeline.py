@@ -1,14 +1,17 @@
 """The stages of one explainer run, as plain functions the DAG's thin tasks call.
 
-Each step takes and returns JSON-serialisable dicts (they travel between tasks as XCom), reads and
-writes files in the run's workspace, and is safe to retry: a step first clears what an earlier
-try of the same step left behind. The workspace is ``$XAC_HOME/runs/<dag id>/<run key>/``.
+Each step takes the typed run context (:class:`PipelineRun`) and the small results of earlier steps,
+reads what it needs from the run's staging prefix in object storage and writes what later steps need
+there (:mod:`include.orchestration.staging`): a step may run on any worker, in a scratch folder it
+removes, and is safe to retry (it overwrites what an earlier try of the same step staged).
 
-    start_run → provenance_step → explain_step → meter_step → fidelity_step → publish_step
+    start_run → provenance_step → plan_step → explain (shards) → meter_step → fidelity_step → publish_step
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -25,13 +28,20 @@ from include.configuration.layout import (
     safe_key_part,
 )
 from include.identifiers import model_version_problem
-from include.paths import REPO_ROOT, runs_dir
+from include.orchestration.run_context import ExplainResult, PipelineRun, StagedProvenance
+from include.orchestration.staging import StagedObjectMissing, StageFailed, scratch_dir
+from include.paths import REPO_ROOT
 
 LogFn = Callable[[str], None]
 
-
-class StageFailed(RuntimeError):
-    """A stage refused to continue (failed expectation, fidelity below threshold, over budget)."""
+__all__ = [
+    "ExplainResult",
+    "PipelineRun",
+    "RunParams",
+    "StageFailed",
+    "StagedObjectMissing",
+    "StagedProvenance",
+]
 
 
 @dataclass(frozen=True)
@@ -59,18 +69,6 @@ class RunParams:
             sample_budget=int(budget) if budget not in (None, "", 0) else None,
             dry_run_cost_only=bool(params.get("dry_run_cost_only") or False),
         )
-
-
-def _write_json(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    return path
-
-
-def _fresh_dir(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    return path
 
 
 def _relative_to_repo(path: Path) -> str:
@@ -120,6 +118,9 @@ def explainer_params(loaded: LoadedConfig, sample_budget: int | None) -> dict[st
     return params
 
 
+CONFIG_STAGING_DIR = "config"
+
+
 def start_run(
     config_path: str,
     *,
@@ -127,8 +128,14 @@ def start_run(
     run_id: str,
     params: dict[str, Any],
     identity: dict[str, Any],
-) -> dict[str, Any]:
-    """Load and check the config, apply the run's Params, open the run's workspace."""
+    s3_client: Any,
+    log: LogFn = print,
+) -> PipelineRun:
+    """Check the config and the run's Params; stage the config, by digest, for every later stage.
+
+    Later stages never read the DAG folder again: a git-sync swap while the run is under way changes
+    neither what is explained nor what is signed.
+    """
     loaded = load_config(config_path)
     spec = loaded.config.spec
     run = RunParams.from_mapping(params)
@@ -137,38 +144,71 @@ def start_run(
     entry = model_catalogue()[spec.modelName]
     model_version = run.model_version or spec.modelVersion or str(entry["defaultVersion"])
     run_key = safe_key_part(run_id)
-    workspace = runs_dir() / dag_id / run_key
-    workspace.mkdir(parents=True, exist_ok=True)
     settings = spec.explainerConfig
     assert settings is not None and spec.budget is not None and spec.owner is not None
-    ctx = {
-        "dag_id": dag_id,
-        "run_id": run_id,
-        "run_key": run_key,
-        "identity": identity,
-        "config_path": str(Path(config_path).resolve()),
-        "config_file": _relative_to_repo(Path(config_path)),
-        "config_sha256": loaded.sha256,
-        "config_name": loaded.name,
-        "defaults_applied": list(loaded.defaults_applied),
-        "model_name": spec.modelName,
-        "model_version": model_version,
-        "feature_service": spec.featureService or entry["featureService"],
-        "explainer_type": spec.explainerType,
-        "method": settings.method,
-        "params": explainer_params(loaded, run.sample_budget),
-        "seed": settings.seed,
-        "inference_ids": run.inference_ids or (list(spec.inference.ids) or None),
-        "inference_count": spec.inference.count,
-        "dry_run_cost_only": run.dry_run_cost_only,
-        "bucket": spec.storage.bucket,
-        "bundle_prefix": bundle_prefix(loaded.config, model_version, run_key),
-        "listing_prefix": model_listing_prefix(loaded.config),
-        "workspace": str(workspace),
-        "started_at": datetime.now(UTC).isoformat(),
-    }
-    _write_json(workspace / "run.json", ctx)
-    return ctx
+    bucket = spec.storage.bucket
+    config_name = f"{CONFIG_STAGING_DIR}/{loaded.sha256}.yaml"
+    pipeline_run = PipelineRun(
+        dag_id=dag_id,
+        run_id=run_id,
+        run_key=run_key,
+        identity=identity,
+        config_file=_relative_to_repo(Path(config_path)),
+        config_sha256=loaded.sha256,
+        config_uri="",
+        config_name=loaded.name,
+        defaults_applied=tuple(loaded.defaults_applied),
+        model_name=spec.modelName,
+        model_version=model_version,
+        feature_service=spec.featureService or entry["featureService"],
+        explainer_type=spec.explainerType or "",
+        method=settings.method,
+        params=explainer_params(loaded, run.sample_budget),
+        seed=int(settings.seed),
+        inference_ids=tuple(run.inference_ids or spec.inference.ids) or None,
+        inference_count=spec.inference.count,
+        dry_run_cost_only=run.dry_run_cost_only,
+        bucket=bucket,
+        bundle_prefix=bundle_prefix(loaded.config, model_version, run_key),
+        listing_prefix=model_listing_prefix(loaded.config),
+        started_at=datetime.now(UTC).isoformat(),
+    )
+    from include.compliance import ensure_bucket
+    from include.compliance.retention import STAGING_EXPIRY_DAYS, ensure_staging_expiry
+
+    ensure_bucket(s3_client, bucket)
+    try:  # what a failed or abandoned run leaves under _staging/ expires instead of staying forever
+        ensure_staging_expiry(s3_client, bucket, "_staging/", days=STAGING_EXPIRY_DAYS)
+    except Exception as exc:  # a store without lifecycle support must not stop the run
+        log(f"WARNING: no expiry rule on s3://{bucket}/_staging/: {exc}")
+    staging = pipeline_run.staging(s3_client)
+    uri = staging.put_bytes(config_name, loaded.text.encode())
+    from dataclasses import replace
+
+    pipeline_run = replace(pipeline_run, config_uri=uri)
+    staging.put_json("run.json", pipeline_run.to_json())
+    log(f"config {loaded.path.name} (sha256 {loaded.sha256[:12]}) staged for the run: {uri}")
+    return pipeline_run
+
+
+def run_config(run: PipelineRun, s3_client: Any) -> LoadedConfig:
+    """The run's config: the copy staged when the run started, its digest checked."""
+    staging = run.staging(s3_client)
+    return _parse_staged_config(
+        staging.get_bytes(staging.name_of(run.config_uri)), run.config_sha256, run.config_file
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_staged_config(raw: bytes, expected_sha256: str, shown_as: str) -> LoadedConfig:
+    from include.configuration.loader import parse_config_text
+
+    found = hashlib.sha256(raw).hexdigest()
+    if found != expected_sha256:
+        raise StageFailed(
+            f"the staged config of this run has sha256 {found}, but the run started with {expected_sha256}"
+        )
+    return parse_config_text(raw.decode("utf-8"), shown_as)
 
 
 def run_provenance_for_config(
@@ -195,21 +235,31 @@ def run_provenance_for_config(
         background_strategy=settings.backgroundDataStrategy,
         background_size=settings.backgroundDataSubsetSize,
         seed=settings.seed,
-        salt=salt or _provenance_salt(),
+        salt=salt or provenance_salt_from_environment(),
         previous=previous,
     )
 
 
-def _provenance_salt() -> str:
-    """Salt for hashing entity keys: ``XAC_PROVENANCE_SALT`` or a per-installation secret file."""
+def provenance_salt_from_environment(mode: str = "embedded") -> str:
+    """Salt for hashing entity keys: ``XAC_PROVENANCE_SALT``; on the embedded default, else a secret
+    generated once per installation under ``$XAC_HOME``. A shared deployment generates nothing (the
+    Airflow connection ``xac_provenance_salt`` is read by :mod:`include.adapters.connections`)."""
     import os
     import secrets
 
+    from include.orchestration.deployment import EMBEDDED, missing
     from include.paths import keys_dir
 
     env = os.environ.get("XAC_PROVENANCE_SALT")
     if env:
         return env
+    if mode != EMBEDDED:
+        raise missing(
+            "provenance salt",
+            "create the Airflow connection 'xac_provenance_salt' whose password is the salt (a long random "
+            "secret), or set XAC_PROVENANCE_SALT on every worker",
+            mode,
+        )
     path = keys_dir() / "provenance-salt"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,62 +282,57 @@ def _read_previous(previous: dict[str, Any] | None, name: str, s3_client: Any) -
     return json.loads(body)
 
 
-def staging_prefix(ctx: dict[str, Any]) -> str:
-    """Where a run's input frames wait in object storage for the explainer (removed after publish)."""
-    return f"_staging/{safe_key_part(ctx['dag_id'])}/{ctx['run_key']}/"
+def staging_prefix(run: PipelineRun) -> str:
+    """Where a run's artifacts wait in object storage between tasks (removed after publish)."""
+    return run.staging_prefix
 
 
-def provenance_step(ctx: dict[str, Any], s3_client: Any = None, log: LogFn = print) -> dict[str, Any]:
-    """Retrieve and validate the frames; hand them to the explainer through object storage.
+def provenance_step(
+    run: PipelineRun, s3_client: Any, log: LogFn = print, salt: str | None = None
+) -> StagedProvenance:
+    """Retrieve and validate the frames; stage them, and their provenance record, for later tasks.
 
-    With an S3 client, the frames are uploaded under the run's staging prefix and the explainer
-    reads them from there (as a pod would), and the source digests are compared with the last
-    accepted bundle's provenance to show drift.
+    The source digests are compared with the last accepted bundle's provenance to show drift.
     """
-    out_dir = _fresh_dir(Path(ctx["workspace"]) / "provenance")
-    previous = previous_bundle(ctx, s3_client) if s3_client is not None else None
-    result = run_provenance_for_config(
-        load_config(ctx["config_path"]),
-        out_dir=out_dir,
-        inference_ids=ctx["inference_ids"],
-        previous=_read_previous(previous, "provenance.json", s3_client),
-    )
-    for line in result.summary.splitlines():
-        log(line)
-    if not result.passed:
-        raise StageFailed(
-            "data validation failed: nothing will be explained on this data.\n" + result.summary
+    staging = run.staging(s3_client)
+    previous = previous_bundle(run, s3_client)
+    with scratch_dir("provenance") as out_dir:
+        result = run_provenance_for_config(
+            run_config(run, s3_client),
+            out_dir=out_dir,
+            inference_ids=list(run.inference_ids) if run.inference_ids else None,
+            salt=salt,
+            previous=_read_previous(previous, "provenance.json", s3_client),
         )
-    frames = json.loads(Path(result.provenance_path).read_text())["frames"]
-    inference_uri, background_uri = str(result.inference_path), str(result.background_path)
-    if s3_client is not None:
-        from include.compliance import ensure_bucket
-        from include.compliance.retention import STAGING_EXPIRY_DAYS, ensure_staging_expiry
-
-        ensure_bucket(s3_client, ctx["bucket"])
-        try:  # what a failed or abandoned run leaves under _staging/ expires instead of staying forever
-            ensure_staging_expiry(s3_client, ctx["bucket"], "_staging/", days=STAGING_EXPIRY_DAYS)
-        except Exception as exc:  # a store without lifecycle support must not stop the run
-            log(f"WARNING: no expiry rule on s3://{ctx['bucket']}/_staging/: {exc}")
-        uris = []
-        for path in (Path(result.inference_path), Path(result.background_path)):
-            key = staging_prefix(ctx) + path.name
-            s3_client.upload_file(str(path), ctx["bucket"], key)
-            uris.append(f"s3://{ctx['bucket']}/{key}")
-        inference_uri, background_uri = uris
-        log(f"frames staged for the explainer: {inference_uri}, {background_uri}")
-    return {
-        "inference_path": str(result.inference_path),
-        "background_path": str(result.background_path),
-        "inference_uri": inference_uri,
-        "background_uri": background_uri,
-        "inference_sha256": frames["inference"]["sha256"],
-        "background_sha256": frames["background"]["sha256"],
-        "provenance_path": str(result.provenance_path),
-        "validation_path": str(result.validation_path),
-        "inference_ids": list(result.inference_ids),
-        "previous_bundle": previous,
-    }
+        for line in result.summary.splitlines():
+            log(line)
+        if not result.passed:  # the record of what failed stays for a person to read; no frame goes on
+            for path in (result.validation_path, result.provenance_path):
+                staging.put_file(f"provenance/{Path(path).name}", Path(path))
+            raise StageFailed(
+                "data validation failed: nothing will be explained on this data.\n" + result.summary
+            )
+        frames = json.loads(Path(result.provenance_path).read_text())["frames"]
+        uris = {
+            name: staging.put_file(f"provenance/{Path(path).name}", Path(path))
+            for name, path in (
+                ("inference", result.inference_path),
+                ("background", result.background_path),
+                ("validation", result.validation_path),
+                ("provenance", result.provenance_path),  # last: its presence says the rest is there
+            )
+        }
+    log(f"frames staged for the explainer: {uris['inference']}, {uris['background']}")
+    return StagedProvenance(
+        inference_uri=uris["inference"],
+        background_uri=uris["background"],
+        inference_sha256=frames["inference"]["sha256"],
+        background_sha256=frames["background"]["sha256"],
+        provenance_uri=uris["provenance"],
+        validation_uri=uris["validation"],
+        inference_ids=tuple(result.inference_ids),
+        previous_bundle=previous,
+    )
 
 
 def _resource_request(loaded: LoadedConfig) -> Any:
@@ -298,7 +343,12 @@ def _resource_request(loaded: LoadedConfig) -> Any:
 
 
 def plan_step(
-    ctx: dict[str, Any], provenance: dict[str, Any], log: LogFn = print, backend: str = "local"
+    run: PipelineRun,
+    provenance: StagedProvenance,
+    s3_client: Any,
+    log: LogFn = print,
+    backend: str = "local",
+    cost_store: Any = None,
 ) -> dict[str, Any]:
     """Estimate the run's cost before any explanation is computed; stop or shrink to fit the budget.
 
@@ -310,19 +360,20 @@ def plan_step(
     from include.finops.store import CostStore
     from include.orchestration.shards import planned_shards
 
-    loaded = load_config(ctx["config_path"])
+    loaded = run_config(run, s3_client)
+    staging = run.staging(s3_client)
     budget = loaded.config.spec.budget
     assert budget is not None
-    name, default = work_knob(ctx["method"])
-    params = dict(ctx["params"])
+    name, default = work_knob(run.method)
+    params = dict(run.params)
     samples = int(params.get(name, default)) if name else 1
     estimate = estimate_run_cost(
-        method=ctx["method"],
+        method=run.method,
         num_samples_or_steps=samples,
-        instances=len(provenance["inference_ids"]),
-        shards=planned_shards(backend, len(provenance["inference_ids"])),
+        instances=len(provenance.inference_ids),
+        shards=planned_shards(backend, len(provenance.inference_ids)),
         request=_resource_request(loaded),
-        history=CostStore().history(ctx["model_name"], ctx["method"]),
+        history=(cost_store or CostStore()).history(run.model_name, run.method),
         catalogue=load_catalogue(),
     )
     plan = {
@@ -344,7 +395,7 @@ def plan_step(
     if estimate.cost_high > budget.maxCostPerRun:
         fitted = fit_to_budget(estimate, budget.maxCostPerRun) if budget.onExceed == "shrink" else None
         if fitted is None:
-            _write_json(Path(ctx["workspace"]) / "plan.json", plan | {"decision": "refused"})
+            staging.put_json("plan.json", plan | {"decision": "refused"})
             raise StageFailed(
                 f"estimated cost {estimate.cost_high:.6f} {estimate.currency} exceeds the budget "
                 f"{budget.maxCostPerRun} (onExceed: {budget.onExceed}); nothing was explained"
@@ -360,17 +411,17 @@ def plan_step(
             "estimate_high": estimate.cost_for(fitted) * estimate.high_factor,
         }
     plan["decision"] = "shrunk" if plan["shrunk_from"] else "within budget"
-    _write_json(Path(ctx["workspace"]) / "plan.json", plan)
+    staging.put_json("plan.json", plan)
     return plan
 
 
 def explain_step(
-    ctx: dict[str, Any],
-    provenance: dict[str, Any],
-    plan: dict[str, Any] | None = None,
-    s3_client: Any = None,
+    run: PipelineRun,
+    provenance: StagedProvenance,
+    plan: dict[str, Any] | None,
+    s3_client: Any,
     log: LogFn = print,
-) -> dict[str, Any]:
+) -> ExplainResult:
     """The local backend's shards run here one after the other, then the join (scripts, benchmarks).
 
     The DAG runs the same three parts as separate tasks (include/orchestration/shards.py): the shard
@@ -378,13 +429,18 @@ def explain_step(
     """
     from include.orchestration.shards import explain_shard_step, join_step, shard_plan_step
 
-    shards = shard_plan_step(ctx, provenance, plan, backend="local", s3_client=s3_client, log=log)
-    results = [explain_shard_step(ctx, provenance, plan, shard, s3_client, log) for shard in shards]
-    return join_step(ctx, shards, results, backend="local", s3_client=s3_client, plan=plan, log=log)
+    shards = shard_plan_step(run, provenance, plan, backend="local", s3_client=s3_client, log=log)
+    results = [explain_shard_step(run, provenance, plan, shard, s3_client, log) for shard in shards]
+    return join_step(run, shards, results, backend="local", s3_client=s3_client, plan=plan, log=log)
 
 
 def meter_step(
-    ctx: dict[str, Any], explain: dict[str, Any], plan: dict[str, Any] | None = None, log: LogFn = print
+    run: PipelineRun,
+    explain: ExplainResult,
+    plan: dict[str, Any] | None,
+    s3_client: Any,
+    log: LogFn = print,
+    cost_store: Any = None,
 ) -> dict[str, Any]:
     """Price the explain step; compare with the plan and the budget.
 
@@ -400,7 +456,8 @@ def meter_step(
     from include.finops.pricing import load_catalogue
     from include.finops.store import CostStore
 
-    loaded = load_config(ctx["config_path"])
+    loaded = run_config(run, s3_client)
+    staging = run.staging(s3_client)
     spec = loaded.config.spec
     assert spec.owner is not None and spec.budget is not None
 
@@ -417,31 +474,33 @@ def meter_step(
     requests = spec.resourceRequirements
     catalogue = load_catalogue()
     labels = RunLabels(
-        model=ctx["model_name"],
-        model_version=ctx["model_version"],
-        config_name=ctx["config_name"],
-        run_id=ctx["run_id"],
+        model=run.model_name,
+        model_version=run.model_version,
+        config_name=run.config_name,
+        run_id=run.run_id,
         team=spec.owner.team,
         cost_center=spec.owner.costCenter,
     )
     notes: list[str] = []
     usage: ResourceUsage | None = None
     runtime_seconds: float | None = None
-    if explain.get("pods") is not None:
+    if explain.pods is not None:
         from include.finops.pod import pod_lifetime
         from include.orchestration.shards import price_pods
 
-        rows, notes = price_pods(explain["pods"], explain.get("cluster_profile"))
-        windows = [pod_lifetime(json.loads(Path(p).read_text())["pod"]) for p in explain["pods"]]
+        records = [staging.get_json(name) for name in explain.pods]
+        rows, notes = price_pods(records, explain.cluster_profile)
+        windows = [pod_lifetime(record["pod"]) for record in records]
         if windows:
             runtime_seconds = (max(w[1] for w in windows) - min(w[0] for w in windows)).total_seconds()
     else:
         rows = []
-        for index, raw in enumerate(explain.get("usages") or [explain["usage"]]):
+        assert explain.usage is not None  # the local backend measures every shard's process
+        for index, raw in enumerate(explain.usages or [explain.usage]):
             rows += price_usage(
                 measured(raw), _resource_request(loaded), replace(labels, shard=index), catalogue
             )
-        for failed in explain.get("failed_tries") or []:  # crashed tries that a retry replaced
+        for failed in explain.failed_tries:  # crashed tries that a retry replaced
             rows += price_usage(
                 measured(failed["usage"]),
                 _resource_request(loaded),
@@ -452,11 +511,11 @@ def meter_step(
                 f"shard {failed['index']}: failed try {failed['try']} (exit code "
                 f"{failed['usage']['exit_code']}) billed beside the try that succeeded"
             )
-        usage = measured(explain["usage"])
+        usage = measured(explain.usage)
         runtime_seconds = usage.wall_seconds
     summary = summarise(
         rows,
-        explanations=int(explain["explained"]),
+        explanations=explain.explained,
         budget=spec.budget.maxCostPerRun,
         currency=catalogue.currency,
     )
@@ -466,7 +525,7 @@ def meter_step(
         "source": catalogue.source,
     }
     summary["notes"] = notes
-    summary["backend"] = explain.get("backend", "local")
+    summary["backend"] = explain.backend
     if usage is not None and requests.gpu_count > 0 and usage.gpu_count == 0:
         summary["notes"].append(
             f"the config requests {requests.gpu} GPU; the local backend allocates none, so no GPU is billed"
@@ -479,20 +538,20 @@ def meter_step(
             summary["notes"].append(alert)
             log(alert)
     cost = {"rows": rows, "summary": summary}
-    workspace = Path(ctx["workspace"])
-    _write_json(workspace / "cost.json", cost)
-    write_focus_csv(rows, workspace / "cost.focus.csv")
-    store = CostStore()
+    staging.put_json("cost.json", cost)
+    with scratch_dir("cost") as scratch:
+        staging.put_file("cost.focus.csv", write_focus_csv(rows, scratch / "cost.focus.csv"))
+    store = cost_store or CostStore()
     store.append(rows)
-    name, default = work_knob(ctx["method"])
+    name, default = work_knob(run.method)
     store.record_run(
-        config=ctx["config_name"],
-        run_id=ctx["run_id"],
-        model=ctx["model_name"],
-        method=ctx["method"],
-        samples_or_steps=int(explain.get("params", ctx["params"]).get(name, default)) if name else 1,
-        explained=int(explain["explained"]),
-        shards=int(explain.get("shards", 1)),
+        config=run.config_name,
+        run_id=run.run_id,
+        model=run.model_name,
+        method=run.method,
+        samples_or_steps=int(explain.params.get(name, default)) if name else 1,
+        explained=explain.explained,
+        shards=explain.shards,
         runtime_seconds=runtime_seconds,
     )
     log(
@@ -506,7 +565,7 @@ def meter_step(
     from include.finops.pushgateway import push_run_metrics
 
     # To Prometheus/Grafana when XAC_PUSHGATEWAY_URL is set; a failed push is logged, never raised.
-    run_key = {"model": ctx["model_name"], "config": ctx["config_name"], "run": ctx["run_id"]}
+    run_key = {"model": run.model_name, "config": run.config_name, "run": run.run_id}
     push_run_metrics(summary, **run_key, duration_seconds=runtime_seconds or 0.0, log=log)
     return summary
 
@@ -516,19 +575,17 @@ def fidelity_figure(fidelity: dict[str, Any]) -> dict[str, Any]:
     return {"score": fidelity.get("aggregate"), "metric": fidelity.get("metric"), "min": fidelity.get("min")}
 
 
-def previous_bundle(ctx: dict[str, Any], s3_client: Any) -> dict[str, Any] | None:
+def previous_bundle(run: PipelineRun, s3_client: Any) -> dict[str, Any] | None:
     """The latest complete bundle of the same model under the config's prefix, if any."""
     from include.compliance import list_bundles
 
     try:
-        bundles = list_bundles(
-            s3_client, ctx["bucket"], prefix=ctx["listing_prefix"], model=ctx["model_name"]
-        )
+        bundles = list_bundles(s3_client, run.bucket, prefix=run.listing_prefix, model=run.model_name)
     except Exception as exc:  # a missing bucket simply means no previous run
         if "NoSuchBucket" in str(exc):
             return None
         raise
-    bundles = [b for b in bundles if not b.uri.rstrip("/").endswith(ctx["bundle_prefix"].rstrip("/"))]
+    bundles = [b for b in bundles if not b.uri.rstrip("/").endswith(run.bundle_prefix.rstrip("/"))]
     if not bundles:
         return None
     latest = max(bundles, key=lambda b: str(b.created_at))
@@ -536,19 +593,19 @@ def previous_bundle(ctx: dict[str, Any], s3_client: Any) -> dict[str, Any] | Non
 
 
 def fidelity_step(
-    ctx: dict[str, Any],
-    explain: dict[str, Any],
-    provenance: dict[str, Any],
+    run: PipelineRun,
+    explain: ExplainResult,
+    provenance: StagedProvenance,
     s3_client: Any,
     log: LogFn = print,
 ) -> dict[str, Any]:
     """Gate on the run's fidelity score against the threshold and the last accepted run."""
     from include.fidelity.gate import evaluate_gate
 
-    loaded = load_config(ctx["config_path"])
-    monitoring = loaded.config.spec.monitoring
-    fidelity = fidelity_figure(json.loads((Path(explain["out_dir"]) / "fidelity.json").read_text()))
-    previous = provenance.get("previous_bundle")
+    staging = run.staging(s3_client)
+    monitoring = run_config(run, s3_client).config.spec.monitoring
+    fidelity = fidelity_figure(staging.get_json(staging.name_of(explain.explain_uri) + "fidelity.json"))
+    previous = provenance.previous_bundle
     decision = evaluate_gate(
         fidelity,
         threshold=monitoring.fidelityThreshold,
@@ -557,7 +614,7 @@ def fidelity_step(
         enabled=monitoring.enabled,
     )
     gate = decision.to_json() | {"previous_bundle": previous}
-    _write_json(Path(ctx["workspace"]) / "fidelity_gate.json", gate)
+    staging.put_json("fidelity_gate.json", gate)
     for line in decision.messages:
         log(line)
     if not decision.passed:
@@ -565,48 +622,57 @@ def fidelity_step(
     return gate
 
 
-def assemble_bundle(ctx: dict[str, Any], explain: dict[str, Any], provenance: dict[str, Any]) -> Path:
-    """Copy the run's evidence into a fresh staging folder laid out as the bundle."""
-    workspace = Path(ctx["workspace"])
-    staging = _fresh_dir(workspace / "bundle")
-    out_dir = Path(explain["out_dir"])
-    shutil.copy2(ctx["config_path"], staging / "config.yaml")
-    shutil.copy2(provenance["provenance_path"], staging / "provenance.json")
-    shutil.copy2(provenance["validation_path"], staging / "validation.json")
-    for name in ("fidelity.json", "summary.json", "run_summary.json"):
-        if (out_dir / name).exists():
-            shutil.copy2(out_dir / name, staging / name)
-    if (out_dir / "plots").is_dir():
-        shutil.copytree(out_dir / "plots", staging / "plots")
-    explanations = staging / "explanations"
-    explanations.mkdir()
-    loaded = load_config(ctx["config_path"])
-    for source in sorted((out_dir / "explanations").iterdir()):
-        inference_id = source.stem
-        target_name = explanation_file_name(loaded.config, ctx["model_version"], inference_id)
-        shutil.copy2(source, explanations / target_name)
-    shutil.copy2(workspace / "cost.json", staging / "cost.json")
-    shutil.copy2(workspace / "cost.focus.csv", staging / "cost.focus.csv")
-    if (workspace / "plan.json").exists():
-        shutil.copy2(workspace / "plan.json", staging / "plan.json")
-    shutil.copy2(workspace / "fidelity_gate.json", staging / "fidelity_gate.json")
-    if explain.get("pods"):  # the finished pod objects the cost was computed from (kubernetes backend)
-        (staging / "pods").mkdir()
-        for path in explain["pods"]:
-            record = Path(path)
-            shutil.copy2(record, staging / "pods" / f"{record.parent.name}-{record.name}")
-    (staging / "logs").mkdir()
-    shutil.copy2(workspace / "logs" / "explain.log", staging / "logs" / "explain.log")
-    return staging
+def assemble_bundle(
+    run: PipelineRun,
+    explain: ExplainResult,
+    provenance: StagedProvenance,
+    s3_client: Any,
+    target: Path,
+) -> Path:
+    """Lay the run's staged evidence out as the bundle in the fresh folder ``target``."""
+    staging = run.staging(s3_client)
+    loaded = run_config(run, s3_client)
+    target.mkdir(parents=True)
+    (target / "config.yaml").write_text(loaded.text)
+    staging.get_file(staging.name_of(provenance.provenance_uri), target / "provenance.json")
+    staging.get_file(staging.name_of(provenance.validation_uri), target / "validation.json")
+    explained = staging.name_of(explain.explain_uri)
+    with scratch_dir("explain") as out_dir:
+        staging.get_tree(explained, out_dir)
+        for name in ("fidelity.json", "summary.json", "run_summary.json"):
+            if (out_dir / name).exists():
+                shutil.copy2(out_dir / name, target / name)
+        if (out_dir / "plots").is_dir():
+            shutil.copytree(out_dir / "plots", target / "plots")
+        explanations = target / "explanations"
+        explanations.mkdir()
+        for source in sorted((out_dir / "explanations").iterdir()):
+            inference_id = source.stem
+            target_name = explanation_file_name(loaded.config, run.model_version, inference_id)
+            shutil.copy2(source, explanations / target_name)
+    for name in ("cost.json", "cost.focus.csv", "fidelity_gate.json"):
+        staging.get_file(name, target / name)
+    if staging.exists("plan.json"):
+        staging.get_file("plan.json", target / "plan.json")
+    if explain.pods:  # the finished pod objects the cost was computed from (kubernetes backend)
+        (target / "pods").mkdir()
+        for name in explain.pods:
+            shard, file_name = name.split("/")[-2:]
+            staging.get_file(name, target / "pods" / f"{shard}-{file_name}")
+    (target / "logs").mkdir()
+    staging.get_file(staging.name_of(explain.log_uri), target / "logs" / "explain.log")
+    return target
 
 
-def end_dry_run(ctx: dict[str, Any], plan: dict[str, Any], s3_client: Any, log: LogFn = print) -> str:
+def end_dry_run(run: PipelineRun, plan: dict[str, Any], s3_client: Any, log: LogFn = print) -> str:
     """A cost-only run stops after its plan: nothing is explained or published; returns why.
 
-    The validated frames staged for the explainer are removed; the estimate stays in the run's
-    ``plan.json`` (and in the task log).
+    The validated frames staged for the explainer are removed; the estimate stays in the plan task's
+    return value and log (and in the staged ``plan.json`` until the staging prefix expires).
     """
-    _remove_staged_frames(ctx, s3_client)
+    staging = run.staging(s3_client)
+    for name in staging.list("provenance/"):
+        s3_client.delete_object(Bucket=run.bucket, Key=staging.key("provenance/" + name))
     message = (
         f"dry run (cost only): estimated {plan['estimate']:.6f} {plan['currency']} (high "
         f"{plan['estimate_high']:.6f}, from {plan['basis']}) against the budget {plan['budget']}: "
@@ -616,17 +682,14 @@ def end_dry_run(ctx: dict[str, Any], plan: dict[str, Any], s3_client: Any, log: 
     return message
 
 
-def _remove_staged_frames(ctx: dict[str, Any], s3_client: Any) -> None:
-    listed = s3_client.list_objects_v2(Bucket=ctx["bucket"], Prefix=staging_prefix(ctx))
-    for item in listed.get("Contents", []):
-        s3_client.delete_object(Bucket=ctx["bucket"], Key=item["Key"])
+SIGNED_BUNDLE_DIR = "bundle"  # the built, signed bundle, staged before its write-once upload begins
 
 
 def publish_step(
-    ctx: dict[str, Any],
-    explain: dict[str, Any],
-    provenance: dict[str, Any],
-    gate: dict[str, Any],
+    run: PipelineRun,
+    explain: ExplainResult | None,
+    provenance: StagedProvenance | None,
+    gate: dict[str, Any] | None,
     *,
     s3_client: Any,
     signer: Any,
@@ -635,11 +698,13 @@ def publish_step(
 ) -> dict[str, Any]:
     """Sign the bundle and publish it, write-once, to the config's bucket and prefix.
 
-    ``task_logs`` (:class:`include.compliance.logs.TaskLogSource`, from the DAG task) locates the run's
-    Airflow task logs and the secrets to redact; without it only the explainer's log is bundled.
+    Exactly one bundle per run, even when this task is retried on another worker: a bundle this run
+    finished publishing is kept; one an earlier attempt left part-way is resumed from the signed copy
+    it staged; only otherwise a new one is built. ``task_logs`` (:class:`include.compliance.logs.
+    TaskLogSource`, from the DAG task) finds the run's Airflow task logs and the secrets to redact.
     """
-    from include.compliance import build_bundle, ensure_bucket
-    from include.compliance.bundle import Manifest
+    from include.compliance import build_bundle
+    from include.compliance.bundle import MANIFEST_NAME, Manifest
     from include.compliance.report import render_report
     from include.compliance.retention import (
         RetentionError,
@@ -650,124 +715,163 @@ def publish_step(
     from include.compliance.store import bundle_uri, publication_state
     from include.finops.pricing import load_catalogue
 
-    retention = load_config(ctx["config_path"]).config.spec.retention
-    # Exactly one bundle per run, even when this task retries: keep what an earlier attempt finished,
-    # resume what it left part-way (same staged bundle), and only otherwise build a new one.
-    earlier = publication_state(s3_client, ctx["bucket"], ctx["bundle_prefix"])
-    if (
-        earlier.complete
-        and earlier.manifest is not None
-        and earlier.manifest.run.get("run_id") == ctx["run_id"]
-    ):
-        uri = bundle_uri(ctx["bucket"], ctx["bundle_prefix"])
+    staging = run.staging(s3_client)
+    earlier = publication_state(s3_client, run.bucket, run.bundle_prefix)
+    if earlier.complete and earlier.manifest is not None and earlier.manifest.run.get("run_id") == run.run_id:
+        uri = bundle_uri(run.bucket, run.bundle_prefix)
         log(f"bundle {earlier.manifest.bundle_id} of this run was published by an earlier attempt: {uri}")
-        _remove_staged_frames(ctx, s3_client)
+        staging.remove_all()
         return _published(uri, earlier.manifest.bundle_id, earlier.manifest.run)
-    resumable = Path(ctx["workspace"]) / "bundle"
-    if earlier.owned_by(resumable):
-        manifest = Manifest.from_bytes((resumable / "manifest.json").read_bytes())
-        log(f"resuming the upload of bundle {manifest.bundle_id}, left part-way by an earlier attempt")
-        uri = _upload_bundle(ctx, resumable, s3_client=s3_client, signer=signer, retention=retention)
-        _remove_staged_frames(ctx, s3_client)
-        return _published(uri, manifest.bundle_id, manifest.run)
-    staging = assemble_bundle(ctx, explain, provenance)
-    from include.compliance.logs import collect_run_logs
+    # Only now the staged config: after a complete publish, the staging prefix is gone.
+    loaded = run_config(run, s3_client)
+    retention = loaded.config.spec.retention
+    with scratch_dir("publish") as scratch:
+        signed = scratch / "signed"
+        if earlier.claim is not None and staging.exists(f"{SIGNED_BUNDLE_DIR}/{MANIFEST_NAME}"):
+            staging.get_tree(SIGNED_BUNDLE_DIR, signed)
+            if earlier.owned_by(signed):
+                manifest = Manifest.from_bytes((signed / MANIFEST_NAME).read_bytes())
+                log(
+                    f"resuming the upload of bundle {manifest.bundle_id}, left part-way by an earlier attempt"
+                )
+                uri = _upload_bundle(run, loaded, signed, s3_client=s3_client, signer=signer)
+                staging.remove_all()
+                return _published(uri, manifest.bundle_id, manifest.run)
+            shutil.rmtree(signed)
+        if explain is None or provenance is None or gate is None:
+            raise StageFailed(
+                f"nothing to resume under {staging.uri(SIGNED_BUNDLE_DIR)} and no run results given"
+            )
+        bundle_dir = assemble_bundle(run, explain, provenance, s3_client, signed)
+        from include.compliance.logs import collect_run_logs
 
-    # All task logs of the run + the explainer's, secrets redacted (replaces the raw explain.log copy).
-    run_logs = collect_run_logs(
-        staging / "logs", process_logs=(Path(ctx["workspace"]) / "logs").glob("*.log"), source=task_logs
-    )
-    cost = json.loads((staging / "cost.json").read_text())["summary"]
-    fidelity = fidelity_figure(json.loads((staging / "fidelity.json").read_text()))
-    ensure_bucket(s3_client, ctx["bucket"])
-    transitions = [(t.days, t.storageClass) for t in retention.transitions]
-    try:
-        # One lifecycle rule per config prefix (S3 allows 1,000 rules per bucket, not one per run).
-        retention_result = apply_retention(
-            s3_client,
-            ctx["bucket"],
-            ctx["listing_prefix"],
-            years=retention.years,
-            mode=retention.objectLockMode,
-            transitions=transitions,
+        # All task logs of the run + the explainer's, secrets redacted (replaces the raw explain.log copy).
+        process_log = scratch / "process-logs" / "explain.log"
+        process_log.parent.mkdir()
+        shutil.move(bundle_dir / "logs" / "explain.log", process_log)
+        run_logs = collect_run_logs(
+            bundle_dir / "logs",
+            process_logs=[process_log],
+            source=_readable_task_logs(task_logs, s3_client, scratch),
         )
-    except RetentionError as exc:
-        if retention.objectLockMode:
-            raise StageFailed(f"retention cannot be applied: {exc}") from None
-        log(f"WARNING: no lifecycle rule applied: {exc}")
-        retention_result = {"applied": False, "reason": str(exc)}
-    lock = object_lock_settings(
-        s3_client, ctx["bucket"], years=retention.years, mode=retention.objectLockMode
-    )
-    bundle_bytes = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
-    storage_prices = load_catalogue().storage_gib_month
-    storage_cost = {
-        cls: bundle_storage_cost(bundle_bytes, price_per_gb_month=float(price))
-        for cls, price in storage_prices.items()
-    }
-    run = {
-        "dag_id": ctx["dag_id"],
-        "run_id": ctx["run_id"],
-        "identity": ctx["identity"],
-        "config_name": ctx["config_name"],
-        "config_file": ctx["config_file"],
-        "config_sha256": ctx["config_sha256"],
-        "policy_defaults_applied": ctx["defaults_applied"],
-        "model": ctx["model_name"],
-        "model_version": ctx["model_version"],
-        "feature_service": ctx["feature_service"],
-        "method": ctx["method"],
-        "params": ctx["params"],
-        "seed": ctx["seed"],
-        "started_at": ctx["started_at"],
-        "cost_total": cost["total"],
-        "currency": cost["currency"],
-        "fidelity_score": fidelity.get("score"),
-        "fidelity_metric": fidelity.get("metric"),
-        "explained": explain["explained"],
-        "bundle_bytes_before_signing": bundle_bytes,
-        "logs": run_logs.to_run_record(),
-        "bundle_storage_cost_per_month": storage_cost,
-        "retention": {
-            "years": retention.years,
-            "object_lock_mode": retention.objectLockMode,
-            "object_lock_retain_until": str(lock.get("ObjectLockRetainUntilDate") or "") or None,
-            "transitions": transitions,
-        },
-    }
-    render_report(staging, run=run, retention=retention_result)
-    manifest = build_bundle(staging, run=run, signer=signer, previous=gate.get("previous_bundle"))
-    uri = _upload_bundle(ctx, staging, s3_client=s3_client, signer=signer, retention=retention, lock=lock)
+        cost = json.loads((bundle_dir / "cost.json").read_text())["summary"]
+        fidelity = fidelity_figure(json.loads((bundle_dir / "fidelity.json").read_text()))
+        transitions = [(t.days, t.storageClass) for t in retention.transitions]
+        try:
+            # One lifecycle rule per config prefix (S3 allows 1,000 rules per bucket, not one per run).
+            retention_result = apply_retention(
+                s3_client,
+                run.bucket,
+                run.listing_prefix,
+                years=retention.years,
+                mode=retention.objectLockMode,
+                transitions=transitions,
+            )
+        except RetentionError as exc:
+            if retention.objectLockMode:
+                raise StageFailed(f"retention cannot be applied: {exc}") from None
+            log(f"WARNING: no lifecycle rule applied: {exc}")
+            retention_result = {"applied": False, "reason": str(exc)}
+        lock = object_lock_settings(
+            s3_client, run.bucket, years=retention.years, mode=retention.objectLockMode
+        )
+        bundle_bytes = sum(p.stat().st_size for p in bundle_dir.rglob("*") if p.is_file())
+        storage_prices = load_catalogue().storage_gib_month
+        storage_cost = {
+            cls: bundle_storage_cost(bundle_bytes, price_per_gb_month=float(price))
+            for cls, price in storage_prices.items()
+        }
+        record = {
+            "dag_id": run.dag_id,
+            "run_id": run.run_id,
+            "identity": run.identity,
+            "config_name": run.config_name,
+            "config_file": run.config_file,
+            "config_sha256": run.config_sha256,
+            "policy_defaults_applied": list(run.defaults_applied),
+            "model": run.model_name,
+            "model_version": run.model_version,
+            "feature_service": run.feature_service,
+            "method": run.method,
+            "params": run.params,
+            "seed": run.seed,
+            "started_at": run.started_at,
+            "cost_total": cost["total"],
+            "currency": cost["currency"],
+            "fidelity_score": fidelity.get("score"),
+            "fidelity_metric": fidelity.get("metric"),
+            "explained": explain.explained,
+            "bundle_bytes_before_signing": bundle_bytes,
+            "logs": run_logs.to_run_record(),
+            "bundle_storage_cost_per_month": storage_cost,
+            "retention": {
+                "years": retention.years,
+                "object_lock_mode": retention.objectLockMode,
+                "object_lock_retain_until": str(lock.get("ObjectLockRetainUntilDate") or "") or None,
+                "transitions": transitions,
+            },
+        }
+        render_report(bundle_dir, run=record, retention=retention_result)
+        manifest = build_bundle(bundle_dir, run=record, signer=signer, previous=gate.get("previous_bundle"))
+        # Staged before the first write-once object: a retry on any worker resumes this very bundle.
+        staging.put_tree(SIGNED_BUNDLE_DIR, bundle_dir, last=MANIFEST_NAME)
+        uri = _upload_bundle(run, loaded, bundle_dir, s3_client=s3_client, signer=signer, lock=lock)
     log(f"published bundle {manifest.bundle_id} to {uri}")
-    _remove_staged_frames(ctx, s3_client)
-    return _published(uri, manifest.bundle_id, run)
+    staging.remove_all()
+    return _published(uri, manifest.bundle_id, record)
+
+
+def _readable_task_logs(task_logs: Any, s3_client: Any, scratch: Path) -> Any:
+    """With remote logging to S3, every finished task attempt of the run is read from there (tasks ran
+    on other workers), plus this attempt's own log so far from the local folder."""
+    if task_logs is None or not task_logs.remote_base:
+        return task_logs
+    from dataclasses import replace
+
+    from include.compliance.logs import fetch_remote_task_logs
+
+    folder = scratch / "task-logs"
+    folder.mkdir()
+    fetch_remote_task_logs(s3_client, task_logs.remote_base, task_logs.dag_id, task_logs.run_id, folder)
+    if task_logs.base_log_folder is not None:  # this attempt is not uploaded until it ends
+        from include.compliance.logs import find_task_logs
+
+        for path, task_id, attempt, _ in find_task_logs(
+            task_logs.base_log_folder, task_logs.dag_id, task_logs.run_id
+        ):
+            if task_id == task_logs.current_task_id and attempt == task_logs.current_try:
+                target = folder / path.relative_to(task_logs.base_log_folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+    return replace(task_logs, base_log_folder=folder)
 
 
 def _upload_bundle(
-    ctx: dict[str, Any],
-    staging: Path,
+    run: PipelineRun,
+    loaded: LoadedConfig,
+    bundle_dir: Path,
     *,
     s3_client: Any,
     signer: Any,
-    retention: Any,
     lock: dict[str, Any] | None = None,
 ) -> str:
     """Upload a built, signed bundle write-once (safe to call again after a failure part-way)."""
     from include.compliance import public_key_pem, publish_bundle
     from include.compliance.retention import object_lock_settings
 
+    retention = loaded.config.spec.retention
     if lock is None:
         lock = object_lock_settings(
-            s3_client, ctx["bucket"], years=retention.years, mode=retention.objectLockMode
+            s3_client, run.bucket, years=retention.years, mode=retention.objectLockMode
         )
     return publish_bundle(
-        staging,
+        bundle_dir,
         s3_client=s3_client,
-        bucket=ctx["bucket"],
-        prefix=ctx["bundle_prefix"],
+        bucket=run.bucket,
+        prefix=run.bundle_prefix,
         public_key_pem=public_key_pem(signer),
         object_lock=lock,
-        sse_kms_key_id=load_config(ctx["config_path"]).config.spec.storage.kmsKeyId,
+        sse_kms_key_id=loaded.config.spec.storage.kmsKeyId,
     )
 
 

@@ -23,14 +23,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from include.configuration import load_config
+from include.orchestration.run_context import ExplainResult, PipelineRun, StagedProvenance
+from include.orchestration.staging import RunStaging, StageFailed, scratch_dir
 
 BACKENDS = ("local", "kubernetes")
 DEFAULT_KUBERNETES_CONN_ID = "kubernetes_default"  # the provider's default connection
@@ -96,41 +96,33 @@ def planned_shards(backend: str, instances: int, profile: str | None = None) -> 
     )
 
 
-def _staging_uri(ctx: dict[str, Any], s3_client: Any) -> str | None:
-    from include.orchestration.pipeline import staging_prefix
-
-    return f"s3://{ctx['bucket']}/{staging_prefix(ctx)}" if s3_client is not None else None
-
-
-def shard_out(ctx: dict[str, Any], base: str | None, index: int, count: int) -> str:
-    """Where shard ``index`` of ``count`` writes: an ``s3://`` prefix, or a workspace folder."""
-    if base is not None:
-        return f"{base}shards/{index}-of-{count}/"
-    return str(Path(ctx["workspace"]) / "shards" / f"{index}-of-{count}")
+def shard_out(staging: RunStaging, index: int, count: int) -> str:
+    """Where shard ``index`` of ``count`` writes: an ``s3://`` prefix under the run's staging prefix."""
+    return staging.uri(f"shards/{index}-of-{count}/")
 
 
 def _explain_arguments(
-    ctx: dict[str, Any], provenance: dict[str, Any], params: dict[str, Any], out: str, config: str
+    run: PipelineRun, provenance: StagedProvenance, params: dict[str, Any], out: str
 ) -> list[str]:
     arguments = [
         "--config",
-        config,
+        run.config_uri,
         "--config-sha256",
-        ctx["config_sha256"],
+        run.config_sha256,
         "--out",
         out,
         "--inference",
-        provenance["inference_uri"],
+        provenance.inference_uri,
         "--background",
-        provenance["background_uri"],
+        provenance.background_uri,
         "--inference-sha256",
-        provenance["inference_sha256"],
+        provenance.inference_sha256,
         "--background-sha256",
-        provenance["background_sha256"],
+        provenance.background_sha256,
         "--model-version",
-        ctx["model_version"],
+        run.model_version,
         "--seed",
-        str(ctx["seed"]),
+        str(run.seed),
     ]
     budget = params.get("numSamples") or params.get("steps")
     if budget:
@@ -138,142 +130,136 @@ def _explain_arguments(
     return arguments
 
 
-def _stage_source_model(
-    ctx: dict[str, Any], bucket: str, prefix: str, s3_client: Any
-) -> dict[str, str] | None:
+def _stage_source_model(run: PipelineRun, staging: RunStaging) -> dict[str, str] | None:
     """A user's model for the pods: a file on this worker is copied to the run's staging prefix
     (pods share no disk with it) and pinned by sha256; an ``s3://`` object or an endpoint is read
     by the pods where it is. None for a model of the model store."""
     from include.explainers.catalogue import catalogue_entries
     from include.explainers.model_store import is_source_model
-    from include.orchestration.pipeline import StageFailed
     from include.paths import xac_home
 
-    if not is_source_model(ctx["model_name"]):
+    if not is_source_model(run.model_name):
         return None
-    source = catalogue_entries()[ctx["model_name"]].source
+    source = catalogue_entries()[run.model_name].source
     if source is None:
         raise StageFailed(
-            f"model {ctx['model_name']!r}: invalid source in the model catalogue: no pod was started"
+            f"model {run.model_name!r}: invalid source in the model catalogue: no pod was started"
         )
     if source.type == "oip":  # an endpoint: the pods call it where it is
         return {}
-    location = source.location(str(ctx["model_version"]), str(xac_home()))
+    location = source.location(str(run.model_version), str(xac_home()))
     if location.startswith("s3://"):
         return {}
     from include.digests import sha256_file
 
     path = Path(location).expanduser()
     if not path.is_file():
-        raise StageFailed(f"model {ctx['model_name']!r}: {location} not found: no pod was started")
-    key = f"{prefix}model/{path.name}"
-    s3_client.upload_file(str(path), bucket, key)
-    return {"model": f"s3://{bucket}/{key}", "model_sha256": sha256_file(path)}
+        raise StageFailed(f"model {run.model_name!r}: {location} not found: no pod was started")
+    uri = staging.put_file(f"model/{path.name}", path)
+    return {"model": uri, "model_sha256": sha256_file(path)}
 
 
-def _stage_for_pods(ctx: dict[str, Any], base: str, s3_client: Any) -> dict[str, str]:
-    """Upload the config and the model the pods need (they share no files with this worker)."""
-    from include.compliance import parse_s3_uri
+def _stage_model(run: PipelineRun, staging: RunStaging) -> dict[str, str]:
+    """The model every shard's explainer reads, pinned by sha256 (shards may run on other workers or
+    in pods, which share no disk with this task): a source's artifact, the remote model store's copy
+    (``XAC_MODEL_STORE``) as it is, or the local store's copy staged to the run's prefix."""
     from include.digests import sha256_file
-    from include.explainers.model_store import model_dir
+    from include.explainers.model_store import (
+        model_dir,
+        remote_model_sha256,
+        remote_model_store,
+        remote_model_uri,
+    )
 
-    bucket, prefix = parse_s3_uri(base)
-    prefix = prefix.rstrip("/") + "/"
-    s3_client.upload_file(ctx["config_path"], bucket, prefix + "config.yaml")
-    staged_source = _stage_source_model(ctx, bucket, prefix, s3_client)
+    staged_source = _stage_source_model(run, staging)
     if staged_source is not None:
-        return {"config": f"{base}config.yaml", **staged_source}
-    folder = model_dir(ctx["model_name"], ctx["model_version"])
+        return staged_source
+    if remote_model_store() is not None:
+        sha256 = remote_model_sha256(run.model_name, run.model_version, staging.s3)
+        return {"model": remote_model_uri(run.model_name, run.model_version), "model_sha256": sha256}
+    folder = model_dir(run.model_name, run.model_version)
     weights = folder / "model.pt"
     if not weights.is_file() or not (folder / "model.json").is_file():
-        from include.orchestration.pipeline import StageFailed
-
         raise StageFailed(
-            f"model {ctx['model_name']!r} version {ctx['model_version']!r} is not in the model store "
-            f"({folder}): no pod was started"
+            f"model {run.model_name!r} version {run.model_version!r} is not in the model store "
+            f"({folder}): no explainer was started"
         )
     for name in ("model.json", "model.pt"):
-        s3_client.upload_file(str(folder / name), bucket, f"{prefix}model/{name}")
-    return {
-        "config": f"{base}config.yaml",
-        "model": f"{base}model/",
-        "model_sha256": sha256_file(weights),
-    }
+        staging.put_file(f"model/{name}", folder / name)
+    return {"model": staging.uri("model/"), "model_sha256": sha256_file(weights)}
 
 
 def shard_plan_step(
-    ctx: dict[str, Any],
-    provenance: dict[str, Any],
+    run: PipelineRun,
+    provenance: StagedProvenance,
     plan: dict[str, Any] | None,
     *,
     backend: str,
-    s3_client: Any = None,
+    s3_client: Any,
     profile: str | None = None,
     log: Any = print,
 ) -> list[dict[str, Any]]:
     """One entry per shard, the mapped explain task's arguments.
 
-    local: ``{"index", "count", "out"}``; kubernetes: the per-shard KubernetesPodOperator kwargs
-    (name, cmds, arguments, labels, annotations, env_vars), for ``.expand_kwargs()``.
+    local: ``{"index", "count", "out", "model", "model_sha256"}``; kubernetes: the per-shard
+    KubernetesPodOperator kwargs (name, cmds, arguments, labels, annotations, env_vars), for
+    ``.expand_kwargs()``.
     """
-    from include.orchestration.pipeline import StageFailed, _write_json
-
-    params = plan["params"] if plan is not None else ctx["params"]
-    instances = len(provenance["inference_ids"])
-    base = _staging_uri(ctx, s3_client)
-    workspace = Path(ctx["workspace"])
+    params = plan["params"] if plan is not None else run.params
+    instances = len(provenance.inference_ids)
+    staging = run.staging(s3_client)
     if backend == "local":
         count = shard_count(instances, None)
-        shards = [{"index": i, "count": count, "out": shard_out(ctx, base, i, count)} for i in range(count)]
+        model = _stage_model(run, staging)
+        shards = [
+            {"index": i, "count": count, "out": shard_out(staging, i, count), **model} for i in range(count)
+        ]
     elif backend == "kubernetes":
-        if base is None:
-            raise StageFailed("the kubernetes backend needs object storage: pods share no files with Airflow")
-        shards = _pod_shards(ctx, provenance, params, base, s3_client, profile or cluster_profile_name())
+        shards = _pod_shards(run, provenance, params, staging, profile or cluster_profile_name())
     else:
         raise BackendError(f"unknown explain backend {backend!r}")
     count = len(shards)
-    _write_json(workspace / "shards.json", {"backend": backend, "count": count, "shards": shards})
+    staging.put_json("shards.json", {"backend": backend, "count": count, "shards": shards})
     log(f"explain: {instances} instances in {count} shard(s) on the {backend} backend")
     return shards
 
 
 def _pod_shards(
-    ctx: dict[str, Any],
-    provenance: dict[str, Any],
+    run: PipelineRun,
+    provenance: StagedProvenance,
     params: dict[str, Any],
-    base: str,
-    s3_client: Any,
+    staging: RunStaging,
     profile_name: str,
 ) -> list[dict[str, Any]]:
     from include.k8s import PodSpecError, RunContext, load_cluster_profile, plan_pod, pod_template
-    from include.orchestration.pipeline import StageFailed
+    from include.orchestration.pipeline import run_config
 
-    loaded = load_config(ctx["config_path"])
+    loaded = run_config(run, staging.s3)
     profile = load_cluster_profile(profile_name).profile
-    count = shard_count(len(provenance["inference_ids"]), profile.spec.sharding)
-    staged = _stage_for_pods(ctx, base, s3_client)
+    count = shard_count(len(provenance.inference_ids), profile.spec.sharding)
+    staged = _stage_model(run, staging)
     env = {}
-    endpoint = getattr(getattr(s3_client, "meta", None), "endpoint_url", None)
+    endpoint = getattr(getattr(staging.s3, "meta", None), "endpoint_url", None)
     if endpoint and "amazonaws.com" not in endpoint:
         env["S3_ENDPOINT_URL"] = endpoint  # an S3-compatible store; on AWS the pod uses the default
     try:
         template = pod_template(loaded.config, profile, env=env)
-        run = RunContext.for_config(
+        context = RunContext.for_config(
             loaded.config,
-            dag_id=ctx["dag_id"],
-            run_id=ctx["run_id"],
-            model_version=ctx["model_version"],
-            config_sha256=ctx["config_sha256"],
+            dag_id=run.dag_id,
+            run_id=run.run_id,
+            model_version=run.model_version,
+            config_sha256=run.config_sha256,
         )
         shards = []
         for index in range(count):
-            out = shard_out(ctx, base, index, count)
-            argv = ["xac", "explain", *_explain_arguments(ctx, provenance, params, out, staged["config"])]
+            out = shard_out(staging, index, count)
+            argv = ["xac", "explain", *_explain_arguments(run, provenance, params, out)]
             if "model" in staged:
                 argv += ["--model-uri", staged["model"], "--model-sha256", staged["model_sha256"]]
-            pod = plan_pod(loaded.config, profile, run.shard(index, count), argv, template=template)
+            pod = plan_pod(loaded.config, profile, context.shard(index, count), argv, template=template)
             kwargs = pod.shard_kpo_kwargs()
-            kwargs["annotations"][STAGING_ANNOTATION] = base
+            kwargs["annotations"][STAGING_ANNOTATION] = staging.uri()
             kwargs["env_vars"] = dict(template.env)
             shards.append(kwargs)
     except PodSpecError as exc:
@@ -282,64 +268,60 @@ def _pod_shards(
 
 
 def local_explain_command(
-    ctx: dict[str, Any], provenance: dict[str, Any], params: dict[str, Any], out: str
+    run: PipelineRun, provenance: StagedProvenance, params: dict[str, Any], out: str
 ) -> list[str]:
     """The same ``xac explain`` a pod runs, as this worker's interpreter runs it."""
-    return [
-        sys.executable,
-        "-m",
-        "include.cli",
-        "explain",
-        *_explain_arguments(ctx, provenance, params, out, ctx["config_path"]),
-    ]
+    return [sys.executable, "-m", "include.cli", "explain", *_explain_arguments(run, provenance, params, out)]
 
 
 def explain_shard_step(
-    ctx: dict[str, Any],
-    provenance: dict[str, Any],
+    run: PipelineRun,
+    provenance: StagedProvenance,
     plan: dict[str, Any] | None,
     shard: dict[str, Any],
-    s3_client: Any = None,
+    s3_client: Any,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Local backend: run one shard's ``xac explain`` as a process; stream its log, measure it."""
-    from include.orchestration.local_process import ProcessFailed, child_environment, run_measured
-    from include.orchestration.pipeline import StageFailed, _write_json
+    """Local backend: run one shard's ``xac explain`` as a process; stream its log, measure it.
 
-    params = plan["params"] if plan is not None else ctx["params"]
+    The process reads the staged config and frames and writes its outputs under the run's staging
+    prefix; its log and the usage of a failed try are staged too (the join and the cost stage may run
+    on another worker).
+    """
+    from include.orchestration.local_process import ProcessFailed, child_environment, run_measured
+
+    staging = run.staging(s3_client)
+    params = plan["params"] if plan is not None else run.params
     index, count, out = int(shard["index"]), int(shard["count"]), str(shard["out"])
-    workspace = Path(ctx["workspace"])
-    if not out.startswith("s3://"):
-        shutil.rmtree(out, ignore_errors=True)  # an earlier try's leftovers
-    command = [*local_explain_command(ctx, provenance, params, out), "--shard", f"{index}/{count}"]
-    log_path = workspace / "logs" / "shards" / f"explain-{index}-of-{count}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [*local_explain_command(run, provenance, params, out), "--shard", f"{index}/{count}"]
+    if shard.get("model"):  # the staged or remote copy, pinned: this worker's model store is not read
+        command += ["--model-uri", str(shard["model"]), "--model-sha256", str(shard["model_sha256"])]
     extra = {}
-    if s3_client is not None and s3_client.meta.endpoint_url:
+    if s3_client.meta.endpoint_url:
         # the child reads the staged frames and writes its outputs through this task's endpoint
         extra["S3_ENDPOINT_URL"] = s3_client.meta.endpoint_url
-    with log_path.open("w") as log_file:
+    failed_prefix = f"usage/shard-{index}-failed-"
+    with scratch_dir(f"shard-{index}") as scratch:
+        log_path = scratch / f"explain-{index}-of-{count}.log"
+        with log_path.open("w") as log_file:
 
-        def tee(line: str) -> None:
-            log(line)
-            log_file.write(line + "\n")
+            def tee(line: str) -> None:
+                log(line)
+                log_file.write(line + "\n")
 
-        try:
-            usage = run_measured(command, env=child_environment(extra), on_line=tee)
-        except ProcessFailed as exc:
-            # The failed try used the worker too: kept for the cost stage, billed with the shard.
-            earlier = len(list((workspace / "usage").glob(f"shard-{index}-failed-*.json")))
-            _write_json(workspace / "usage" / f"shard-{index}-failed-{earlier + 1}.json", exc.usage.to_json())
-            if exc.exit_code in REFUSED_EXIT_CODES:
-                raise StageFailed(str(exc)) from None
-            raise ShardProcessFailed(str(exc)) from None
-    _write_json(workspace / "usage" / f"shard-{index}.json", usage.to_json())
+            try:
+                usage = run_measured(command, env=child_environment(extra), on_line=tee)
+            except ProcessFailed as exc:
+                # The failed try used the worker too: kept for the cost stage, billed with the shard.
+                earlier = len(staging.list(failed_prefix))
+                staging.put_json(f"{failed_prefix}{earlier + 1}.json", exc.usage.to_json())
+                if exc.exit_code in REFUSED_EXIT_CODES:
+                    raise StageFailed(str(exc)) from None
+                raise ShardProcessFailed(str(exc)) from None
+        staging.put_file(f"logs/shards/{log_path.name}", log_path)
     failed_tries = [
-        json.loads(p.read_text())
-        for p in sorted(
-            (workspace / "usage").glob(f"shard-{index}-failed-*.json"),
-            key=lambda p: int(p.stem.rsplit("-", 1)[1]),
-        )
+        staging.get_json(failed_prefix + name)
+        for name in sorted(staging.list(failed_prefix), key=lambda n: int(n.split(".")[0]))
     ]
     return {
         "index": index,
@@ -470,21 +452,6 @@ def vanished_pod_record(
 # --------------------------------------------------------------------------- the join
 
 
-def _download_prefix(s3_client: Any, uri: str, target: Path) -> list[str]:
-    from include.compliance import parse_s3_uri
-
-    bucket, prefix = parse_s3_uri(uri)
-    prefix = prefix.rstrip("/") + "/"
-    keys: list[str] = []
-    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [item["Key"] for item in page.get("Contents", [])]
-    for key in keys:
-        path = target / key[len(prefix) :]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        s3_client.download_file(bucket, key, str(path))
-    return [k[len(prefix) :] for k in keys]
-
-
 def _combined_usage(usages: list[dict[str, Any]]) -> dict[str, Any]:
     """All shards' processes as one (earliest start to latest finish, CPU summed, peak the largest)."""
     started = min(datetime.fromisoformat(u["started_at"]) for u in usages)
@@ -501,90 +468,98 @@ def _combined_usage(usages: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def join_step(
-    ctx: dict[str, Any],
+    run: PipelineRun,
     shards: list[dict[str, Any]],
     results: list[dict[str, Any] | None] | None = None,
     *,
     backend: str,
-    s3_client: Any = None,
+    s3_client: Any,
     plan: dict[str, Any] | None = None,
     log: Any = print,
-) -> dict[str, Any]:
+) -> ExplainResult:
     """Check that every shard wrote a complete output, merge them, gather what the cost stage prices.
 
     Fails (StageFailed) when a shard's output is missing or incomplete, or holds another number of
-    explanations than its run summary says (a duplicate or a leftover of an earlier try).
+    explanations than its run summary says (a duplicate or a leftover of an earlier try). The merged
+    explanations go to the run's staging prefix (``explain/``, ``run_summary.json`` last).
     """
     from include.explainers.runtime import merge_shards
-    from include.orchestration.pipeline import StageFailed, _fresh_dir
 
-    workspace = Path(ctx["workspace"])
+    staging = run.staging(s3_client)
     count = len(shards)
-    local_root = _fresh_dir(workspace / "shards-joined")
-    folders: list[Path] = []
-    problems: list[str] = []
-    for index, shard in enumerate(shards):
-        out = str(shard["out"]) if "out" in shard else _shard_out_from_arguments(shard)
-        folder = local_root / f"{index}-of-{count}"
-        if out.startswith("s3://"):
-            names = _download_prefix(s3_client, out, folder)
-        else:
-            names = []
-            if Path(out).is_dir():
-                shutil.copytree(out, folder, dirs_exist_ok=True)
-                names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-        if COMPLETE_MARKER not in names:
-            problems.append(f"shard {index} of {count}: no complete output at {out} (no {COMPLETE_MARKER})")
-            continue
-        summary = json.loads((folder / COMPLETE_MARKER).read_text())
-        explanations = [n for n in names if n.startswith("explanations/")]
-        if summary["shard"]["index"] != index or summary["shard"]["count"] != count:
-            problems.append(f"shard {index} of {count}: {out} holds shard {summary['shard']}")
-        if len(explanations) != summary["counts"]["explanations"]:
-            problems.append(
-                f"shard {index} of {count}: {len(explanations)} explanation objects at {out}, but its run "
-                f"summary lists {summary['counts']['explanations']}"
+    with scratch_dir("join") as scratch:
+        folders: list[Path] = []
+        problems: list[str] = []
+        for index, shard in enumerate(shards):
+            out = str(shard["out"]) if "out" in shard else _shard_out_from_arguments(shard)
+            folder = scratch / "shards" / f"{index}-of-{count}"
+            names = staging.get_tree(staging.name_of(out), folder)
+            if COMPLETE_MARKER not in names:
+                problems.append(
+                    f"shard {index} of {count}: no complete output at {out} (no {COMPLETE_MARKER})"
+                )
+                continue
+            summary = json.loads((folder / COMPLETE_MARKER).read_text())
+            explanations = [n for n in names if n.startswith("explanations/")]
+            if summary["shard"]["index"] != index or summary["shard"]["count"] != count:
+                problems.append(f"shard {index} of {count}: {out} holds shard {summary['shard']}")
+            if len(explanations) != summary["counts"]["explanations"]:
+                problems.append(
+                    f"shard {index} of {count}: {len(explanations)} explanation objects at {out}, but "
+                    f"its run summary lists {summary['counts']['explanations']}"
+                )
+            folders.append(folder)
+        if problems:
+            raise StageFailed("the explain shards are not all complete:\n" + "\n".join(problems))
+        out_dir = scratch / "explain"
+        merged = merge_shards(folders, out_dir, overwrite=True)
+        explained = int(merged["counts"]["instances"])
+        explain_uri = staging.put_tree("explain", out_dir, last=COMPLETE_MARKER)
+        log(f"join: {count} shard(s) complete, {explained} explanations merged into {explain_uri}")
+        params = plan["params"] if plan is not None else run.params
+        log_path = scratch / "explain.log"
+        if backend == "kubernetes":
+            names = staging.list("pods/")
+            records = tuple(f"pods/{n}" for n in names if n.endswith(".json"))
+            pod_logs = [
+                staging.get_file(f"pods/{n}", scratch / "pod-logs" / n) for n in names if n.endswith(".log")
+            ]
+            _concatenate(log_path, pod_logs)
+            log(f"join: {len(records)} finished pod object(s) saved for the cost stage")
+            return ExplainResult(
+                explain_uri=explain_uri,
+                explained=explained,
+                params=params,
+                backend=backend,
+                shards=count,
+                log_uri=staging.put_file("logs/explain.log", log_path),
+                pods=records,
+                cluster_profile=cluster_profile_name(),
             )
-        folders.append(folder)
-    if problems:
-        raise StageFailed("the explain shards are not all complete:\n" + "\n".join(problems))
-    out_dir = _fresh_dir(workspace / "explain")
-    merged = merge_shards(folders, out_dir, overwrite=True)
-    explained = int(merged["counts"]["instances"])
-    log(f"join: {count} shard(s) complete, {explained} explanations merged into {out_dir}")
-
-    result: dict[str, Any] = {
-        "out_dir": str(out_dir),
-        "explained": explained,
-        "params": plan["params"] if plan is not None else ctx["params"],
-        "backend": backend,
-        "shards": count,
-    }
-    logs = workspace / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    if backend == "kubernetes":
-        pods_dir = _fresh_dir(workspace / "pods")
-        staged = _staging_uri(ctx, s3_client)
-        names = _download_prefix(s3_client, f"{staged}pods/", pods_dir) if staged else []
-        records = sorted(n for n in names if n.endswith(".json"))
-        result["pods"] = [str(pods_dir / n) for n in records]
-        pod_logs = [pods_dir / n for n in sorted(names) if n.endswith(".log")]
-        _concatenate(logs / "explain.log", pod_logs)
-        log(f"join: {len(records)} finished pod object(s) saved for the cost stage")
-    else:
         finished = sorted((r for r in results or [] if r), key=lambda r: r["index"])
         usages = [r["usage"] for r in finished]
         if len(usages) != count:
             raise StageFailed(f"join: {len(usages)} measured shard process(es) for {count} shards")
-        result["usages"] = usages
-        result["usage"] = _combined_usage(usages)
-        result["failed_tries"] = [
-            {"index": r["index"], "try": k + 1, "usage": u}
-            for r in finished
-            for k, u in enumerate(r.get("failed_tries") or [])
+        shard_logs = [
+            staging.get_file(f"logs/shards/{n}", scratch / "shard-logs" / n)
+            for n in staging.list("logs/shards/")
         ]
-        _concatenate(logs / "explain.log", sorted((logs / "shards").glob("explain-*.log")))
-    return result
+        _concatenate(log_path, shard_logs)
+        return ExplainResult(
+            explain_uri=explain_uri,
+            explained=explained,
+            params=params,
+            backend=backend,
+            shards=count,
+            log_uri=staging.put_file("logs/explain.log", log_path),
+            usages=tuple(usages),
+            usage=_combined_usage(usages),
+            failed_tries=tuple(
+                {"index": r["index"], "try": k + 1, "usage": u}
+                for r in finished
+                for k, u in enumerate(r.get("failed_tries") or [])
+            ),
+        )
 
 
 def _shard_out_from_arguments(shard: dict[str, Any]) -> str:
@@ -600,7 +575,7 @@ def _concatenate(target: Path, parts: list[Path]) -> None:
 
 
 def price_pods(
-    pod_files: list[str], profile_name: str | None = None
+    pod_records: list[dict[str, Any]], profile_name: str | None = None
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """FOCUS rows of the saved pods (every try is billed: a failed pod used its node too).
 
@@ -621,8 +596,7 @@ def price_pods(
     sources = sources_from_environment()
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
-    for path in pod_files:
-        record = json.loads(Path(path).read_text())
+    for record in pod_records:
         collected = collect_usage(record["pod"], sources) if sources else None
         cost = price_pod(
             record["pod"],

@@ -187,3 +187,23 @@ def test_local_tampering_is_reported_precisely(tmp_path: Path, signer: Any) -> N
         "extra file not in manifest: plots/injected.png",
     ]
     assert report.bundle_id == manifest.bundle_id
+
+
+def test_a_bundled_config_other_than_the_signed_digest_is_reported(tmp_path: Path, signer: Any) -> None:
+    """The run signs the digest of the config it staged; a bundle holding another config.yaml, even
+    one whose manifest entry matches its bytes, does not verify."""
+    text = b"apiVersion: xac/v1\nkind: ExplainerConfiguration\n"
+    for label, run_digest in (("same", hashlib.sha256(text).hexdigest()), ("other", "0" * 64)):
+        staging = tmp_path / label
+        write_sample_files(staging)
+        (staging / "config.yaml").write_bytes(text)
+        build_bundle(staging, run=sample_run() | {"config_sha256": run_digest}, signer=signer)
+        report = verify_bundle(str(staging), public_key_pem=public_key_pem(signer))
+        if label == "same":
+            assert report.ok, report.problems
+        else:
+            assert not report.ok
+            assert [p for p in report.problems if p.startswith("config.yaml: sha256")] == [
+                f"config.yaml: sha256 {hashlib.sha256(text).hexdigest()} is not the run's signed config "
+                f"digest {'0' * 64}"
+            ]

@@ -272,3 +272,32 @@ def test_without_task_log_files_the_bundle_says_so(tmp_path: Path) -> None:
     assert any("no Airflow task log files" in note for note in collection.notes)
     alone = collect_run_logs(tmp_path / "bundle2" / "logs", process_logs=[workspace_logs / "explain.log"])
     assert any("no Airflow log folder" in note for note in alone.notes)
+
+
+def test_remote_task_logs_are_read_back_in_airflows_layout(
+    airflow_logs: tuple[Path, str, str], s3: Any, tmp_path: Path, unique: Any
+) -> None:
+    """With remote logging, each worker uploads its attempts to S3: the publish task reads them all
+    from there, in the local folder's layout (keys outside it are skipped)."""
+    from include.compliance.logs import fetch_remote_task_logs
+
+    base, dag_id, run_id = airflow_logs
+    bucket = unique("logs")
+    s3.create_bucket(Bucket=bucket)
+    for path, *_ in find_task_logs(base, dag_id, run_id):
+        s3.upload_file(str(path), bucket, f"airflow-logs/{path.relative_to(base).as_posix()}")
+    run_prefix = f"airflow-logs/dag_id={dag_id}/run_id={run_id}/"
+    s3.put_object(Bucket=bucket, Key=run_prefix + "task_id=explain/notes.txt", Body=b"not a log")
+    s3.put_object(
+        Bucket=bucket, Key=f"airflow-logs/dag_id={dag_id}/run_id=other/task_id=x/attempt=1.log", Body=b""
+    )
+    copied = tmp_path / "copy"
+    count = fetch_remote_task_logs(s3, f"s3://{bucket}/airflow-logs", dag_id, run_id, copied)
+    assert count == len(find_task_logs(base, dag_id, run_id)) == 5
+    assert [(t, a, i) for _, t, a, i in find_task_logs(copied, dag_id, run_id)] == [
+        (t, a, i) for _, t, a, i in find_task_logs(base, dag_id, run_id)
+    ]
+    with pytest.raises(ValueError, match="exceed 10 bytes"):
+        fetch_remote_task_logs(
+            s3, f"s3://{bucket}/airflow-logs/", dag_id, run_id, tmp_path / "small", max_bytes=10
+        )

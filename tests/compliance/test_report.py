@@ -111,17 +111,19 @@ def _explanation(inference_id: str, features: dict[str, float], *, image: bool =
     }
 
 
+CONFIG_YAML = (
+    "apiVersion: ai.apexlogic.com/v1alpha1\nkind: ExplainerConfiguration\n"
+    "metadata:\n  name: diagnosis-risk-kernelshap\n  namespace: ai-clinical\n"
+    f"  annotations:\n    note: '{EVIL}'\n"
+    "spec:\n  modelName: diagnosis-risk-tabular\n"
+    "  owner:\n    team: clinical-ml\n    email: clinical-ml@example.com\n    costCenter: cc-4711\n"
+)
+
+
 def make_bundle(root: Path) -> Path:
     """The files assemble_bundle() puts in a staging folder, in the shapes the real stages write."""
     root.mkdir(parents=True)
-    _write(
-        root / "config.yaml",
-        "apiVersion: ai.apexlogic.com/v1alpha1\nkind: ExplainerConfiguration\n"
-        "metadata:\n  name: diagnosis-risk-kernelshap\n  namespace: ai-clinical\n"
-        f"  annotations:\n    note: '{EVIL}'\n"
-        "spec:\n  modelName: diagnosis-risk-tabular\n"
-        "  owner:\n    team: clinical-ml\n    email: clinical-ml@example.com\n    costCenter: cc-4711\n",
-    )
+    _write(root / "config.yaml", CONFIG_YAML)
     _write(
         root / "provenance.json",
         {
@@ -323,7 +325,7 @@ RUN = {
     "run_id": "manual__2026-11-27T08:27:57+00:00",
     "identity": {"run_type": "DagRunType.MANUAL", "triggering_user": EVIL_ATTR, "bundle_version": GIT_COMMIT},
     "config_name": "diagnosis-risk-kernelshap",
-    "config_sha256": "49" * 32,
+    "config_sha256": hashlib.sha256(CONFIG_YAML.encode()).hexdigest(),  # the bundled config's digest
     "model": "diagnosis-risk-tabular",
     "model_version": "1",
     "started_at": "2026-11-27T08:28:02+00:00",

@@ -52,13 +52,6 @@ def dagbag(prepared: None, s3_endpoint: str):
     return bag
 
 
-def _workspace(dag_id: str, run_id: str) -> Path:
-    from include.configuration.layout import safe_key_part
-    from include.paths import runs_dir
-
-    return runs_dir() / dag_id / safe_key_part(run_id)
-
-
 def _task_states(dag_run: Any) -> dict[str, str | None]:
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
@@ -80,7 +73,7 @@ def _task_states(dag_run: Any) -> dict[str, str | None]:
     ],
 )
 def test_sample_dag_publishes_a_bundle_that_verifies(
-    dagbag, dag_id: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    task_result, dagbag, dag_id: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     from include.compliance import download_bundle, list_bundles, verify_bundle
     from include.storage import default_public_key_path, s3_client
@@ -91,8 +84,15 @@ def test_sample_dag_publishes_a_bundle_that_verifies(
     # the join read the mapped results by iterating, which asked past the end: an error line per run
     assert "XCom not found" not in capfd.readouterr().out
 
-    ctx = json.loads((_workspace(dag_id, dag_run.run_id) / "run.json").read_text())
+    ctx = task_result(dag_run, "load_config")
     client = s3_client()
+    # the run's staging prefix, the only channel between its tasks, is gone once the bundle is out
+    assert (
+        client.list_objects_v2(Bucket=ctx["bucket"], Prefix=f"_staging/{dag_id}/{ctx['run_key']}/")[
+            "KeyCount"
+        ]
+        == 0
+    )
     listed = list_bundles(client, ctx["bucket"], prefix=ctx["bundle_prefix"])
     assert len(listed) == 1 and listed[0].complete
     assert listed[0].run_id == dag_run.run_id and listed[0].model == ctx["model_name"]
@@ -150,36 +150,47 @@ def test_sample_dag_publishes_a_bundle_that_verifies(
     assert any(victim.name in p and "sha256" in p for p in report.problems), report.problems
 
 
-def test_a_retried_publish_keeps_or_finishes_the_runs_one_bundle(dagbag) -> None:
+def test_a_retried_publish_keeps_or_finishes_the_runs_one_bundle(task_result, dagbag, tmp_path: Path) -> None:
     """One bundle per run: a publish retry after success keeps it; after a partial upload, resumes it."""
-    from include.compliance import list_bundles, load_or_create_signing_key, verify_bundle
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    from include.compliance import download_bundle, list_bundles, load_or_create_signing_key, verify_bundle
     from include.compliance.store import bundle_uri
-    from include.orchestration.pipeline import publish_step
+    from include.orchestration.pipeline import SIGNED_BUNDLE_DIR, PipelineRun, publish_step
     from include.storage import default_public_key_path, default_signing_key_path, s3_client
 
     client = s3_client()
     dag_id = "diagnosis-risk-kernelshap"
     runs = [b for b in list_bundles(client, "xac-explanations") if b.dag_id == dag_id]
     assert runs, "run the publishing tests first (module order)"
-    ctx = json.loads((_workspace(dag_id, runs[0].run_id) / "run.json").read_text())
+    with create_session() as session:
+        dag_run = session.query(DagRun).filter_by(dag_id=dag_id, run_id=runs[0].run_id).one()
+    run = PipelineRun.from_json(task_result(dag_run, "load_config"))
     signer = load_or_create_signing_key(default_signing_key_path())
     public_key = default_public_key_path().read_bytes()
-    uri = bundle_uri(ctx["bucket"], ctx["bundle_prefix"])
+    uri = bundle_uri(run.bucket, run.bundle_prefix)
     logged: list[str] = []
 
-    again = publish_step(ctx, {}, {}, {}, s3_client=client, signer=signer, log=logged.append)
+    again = publish_step(run, None, None, None, s3_client=client, signer=signer, log=logged.append)
     assert again["bundle_id"] == runs[0].bundle_id and again["uri"] == uri
     assert "published by an earlier attempt" in logged[-1]
 
-    # An attempt that died after the payload: manifest and statement never arrived.
+    # An attempt that died after the payload: manifest and statement never arrived. What it had
+    # staged before its first write-once object (the signed bundle) is all a retry elsewhere has.
+    staging = run.staging(client)
+    signed = download_bundle(client, uri, tmp_path / "signed")
+    staging.put_bytes(staging.name_of(run.config_uri), (signed / "config.yaml").read_bytes())
+    staging.put_tree(SIGNED_BUNDLE_DIR, signed, last="manifest.json")
     for name in ("statement.dsse.json", "manifest.json"):
-        client.delete_object(Bucket=ctx["bucket"], Key=f"{ctx['bundle_prefix'].rstrip('/')}/{name}")
-    assert not [b for b in list_bundles(client, ctx["bucket"], prefix=ctx["bundle_prefix"]) if b.complete]
-    resumed = publish_step(ctx, {}, {}, {}, s3_client=client, signer=signer, log=logged.append)
+        client.delete_object(Bucket=run.bucket, Key=f"{run.bundle_prefix.rstrip('/')}/{name}")
+    assert not [b for b in list_bundles(client, run.bucket, prefix=run.bundle_prefix) if b.complete]
+    resumed = publish_step(run, None, None, None, s3_client=client, signer=signer, log=logged.append)
     assert resumed["bundle_id"] == runs[0].bundle_id and "resuming" in logged[-1]
-    listed = list_bundles(client, ctx["bucket"], prefix=ctx["bundle_prefix"])
+    listed = list_bundles(client, run.bucket, prefix=run.bundle_prefix)
     assert [b.bundle_id for b in listed if b.complete] == [runs[0].bundle_id]
     assert verify_bundle(uri, public_key_pem=public_key, s3_client=client).ok
+    assert staging.list() == []
 
 
 def test_cli_verifies_and_lists_a_published_bundle(dagbag) -> None:
@@ -195,7 +206,7 @@ def test_cli_verifies_and_lists_a_published_bundle(dagbag) -> None:
     assert "verified" in verified.stdout
 
 
-def test_failed_expectation_stops_the_run_before_explain(dagbag, tmp_path: Path) -> None:
+def test_failed_expectation_stops_the_run_before_explain(task_result, dagbag, tmp_path: Path) -> None:
     """An out-of-range feature value: provenance fails, explain never runs, nothing is published."""
     import pandas as pd
 
@@ -218,14 +229,17 @@ def test_failed_expectation_stops_the_run_before_explain(dagbag, tmp_path: Path)
     assert "failed" in str(dag_run.state)
     assert states["provenance"] == "failed"
     assert states["explain"] in (None, "upstream_failed"), states
-    assert not (_workspace(dag.dag_id, dag_run.run_id) / "explain").exists()
-    ctx = json.loads((_workspace(dag.dag_id, dag_run.run_id) / "run.json").read_text())
-    assert list_bundles(s3_client(), ctx["bucket"], prefix=ctx["bundle_prefix"]) == []
-    summary = _workspace(dag.dag_id, dag_run.run_id) / "provenance" / "provenance.json"
-    assert summary.exists()
+    ctx = task_result(dag_run, "load_config")
+    client = s3_client()
+    assert list_bundles(client, ctx["bucket"], prefix=ctx["bundle_prefix"]) == []
+    staged = client.list_objects_v2(Bucket=ctx["bucket"], Prefix=f"_staging/{dag.dag_id}/{ctx['run_key']}/")
+    names = {o["Key"].split(f"{ctx['run_key']}/", 1)[1] for o in staged.get("Contents", [])}
+    # the failed validation's record is kept for a person to read; no frame reached the explainer
+    assert {"provenance/provenance.json", "provenance/validation.json"} <= names, names
+    assert not [n for n in names if n.endswith(".parquet") or n.startswith(("explain", "shards"))], names
 
 
-def test_a_cost_only_dry_run_estimates_and_stops_before_explain(dagbag) -> None:
+def test_a_cost_only_dry_run_estimates_and_stops_before_explain(task_result, dagbag) -> None:
     """The trigger form's dry-run switch: data validated, cost estimated, nothing explained or published."""
     from include.compliance import list_bundles
     from include.storage import s3_client
@@ -238,13 +252,13 @@ def test_a_cost_only_dry_run_estimates_and_stops_before_explain(dagbag) -> None:
     assert states["shards"] == "skipped", states
     for task_id in ("explain", "join_shards", "meter_cost", "fidelity_gate", "publish_bundle"):
         assert states[task_id] in (None, "skipped"), states
-    workspace = _workspace(dag.dag_id, dag_run.run_id)
-    plan = json.loads((workspace / "plan.json").read_text())
+    plan = task_result(dag_run, "plan")
     assert plan["estimate"] > 0 and plan["decision"] == "within budget"
-    assert not (workspace / "cost.json").exists()
-    ctx = json.loads((workspace / "run.json").read_text())
+    ctx = task_result(dag_run, "load_config")
     assert ctx["dry_run_cost_only"] is True
     client = s3_client()
     assert list_bundles(client, ctx["bucket"], prefix=ctx["bundle_prefix"]) == []
-    staged = client.list_objects_v2(Bucket=ctx["bucket"], Prefix=f"_staging/{dag.dag_id}/")
-    assert not [o for o in staged.get("Contents", []) if ctx["run_key"] in o["Key"]]
+    staged = client.list_objects_v2(Bucket=ctx["bucket"], Prefix=f"_staging/{dag.dag_id}/{ctx['run_key']}/")
+    names = {o["Key"].split(f"{ctx['run_key']}/", 1)[1] for o in staged.get("Contents", [])}
+    assert "plan.json" in names and "cost.json" not in names  # estimated, never explained or billed
+    assert not [n for n in names if n.startswith("provenance/")], names  # the staged frames are removed

@@ -104,13 +104,6 @@ def _profile_copy(tmp_path: Path, edit: dict[str, Any]) -> Path:
     return path
 
 
-def _workspace(dag_id: str, run_id: str) -> Path:
-    from include.configuration.layout import safe_key_part
-    from include.paths import runs_dir
-
-    return runs_dir() / dag_id / safe_key_part(run_id)
-
-
 def _states(dag_run: Any) -> dict[tuple[str, int], str | None]:
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
@@ -135,11 +128,11 @@ def _exit_code(pod: dict[str, Any]) -> int | None:
     return ((statuses[0].get("state") or {}).get("terminated") or {}).get("exitCode")
 
 
-def _bundle(dag_id: str, dag_run: Any, tmp_path: Path) -> Path:
+def _bundle(ctx: dict[str, Any], tmp_path: Path) -> Path:
+    """The run's bundle (``ctx``: the run context its load_config task returned), verified."""
     from include.compliance import download_bundle, verify_bundle
     from include.storage import default_public_key_path, s3_client
 
-    ctx = json.loads((_workspace(dag_id, dag_run.run_id) / "run.json").read_text())
     uri = f"s3://{ctx['bucket']}/{ctx['bundle_prefix']}"
     client = s3_client()
     assert verify_bundle(uri, public_key_pem=default_public_key_path().read_bytes(), s3_client=client).ok
@@ -156,7 +149,7 @@ def _bundle(dag_id: str, dag_run: Any, tmp_path: Path) -> Path:
     ],
 )
 def test_sample_dag_runs_its_shards_as_pods_and_prices_them(
-    dagbag: Any, kube: Any, dag_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    task_result: Any, dagbag: Any, kube: Any, dag_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     dag = dagbag.dags[dag_id]
     assert "Explain backend: **kubernetes**" in dag.doc_md
@@ -165,8 +158,8 @@ def test_sample_dag_runs_its_shards_as_pods_and_prices_them(
     assert "success" in str(dag_run.state), _states(dag_run)
 
     pods = _run_pods(kube, dag_run)
-    shards = json.loads((_workspace(dag_id, dag_run.run_id) / "shards.json").read_text())
-    assert len(pods) == shards["count"] >= 1
+    shards = task_result(dag_run, "shards")
+    assert len(pods) == len(shards) >= 1
     assert all(p["status"]["phase"] == "Succeeded" and _exit_code(p) == 0 for p in pods)
     assert not any(key[1] == p["metadata"]["name"] for p in pods for key in kube.pods), "succeeded pods stay"
     # deferrable mode: each operator deferred and dag.test() ran its trigger (kubernetes_asyncio)
@@ -182,7 +175,7 @@ def test_sample_dag_runs_its_shards_as_pods_and_prices_them(
             assert staged.startswith("s3://") and staged.endswith("/model/model.ubj")
             assert args[args.index("--model-sha256") + 1] == sha256_file(model_file())
 
-    bundle = _bundle(dag_id, dag_run, tmp_path)
+    bundle = _bundle(task_result(dag_run, "load_config"), tmp_path)
     explanations = sorted((bundle / "explanations").iterdir())
     assert len(explanations) == json.loads((bundle / "run_summary.json").read_text())["counts"]["instances"]
     records = [json.loads(p.read_text()) for p in sorted((bundle / "pods").glob("*.json"))]
@@ -214,7 +207,9 @@ def _explanations(bundle: Path) -> dict[str, Any]:
     return out
 
 
-def test_eight_shards_merge_to_the_one_shard_result(dagbag: Any, kube: Any, tmp_path: Path) -> None:
+def test_eight_shards_merge_to_the_one_shard_result(
+    task_result: Any, dagbag: Any, kube: Any, tmp_path: Path
+) -> None:
     dag = dagbag.dags["diagnosis-risk-kernelshap"]
     results = {}
     for per_shard, label in ((1, "eight"), (1000, "one")):
@@ -230,7 +225,7 @@ def test_eight_shards_merge_to_the_one_shard_result(dagbag: Any, kube: Any, tmp_
             _set_env(saved)
         assert "success" in str(dag_run.state), _states(dag_run)
         pods = _run_pods(kube, dag_run)
-        bundle = _bundle(dag.dag_id, dag_run, tmp_path / label)
+        bundle = _bundle(task_result(dag_run, "load_config"), tmp_path / label)
         results[label] = (pods, _explanations(bundle), elapsed)
     eight_pods, eight, seconds = results["eight"]
     one_pods, one, _ = results["one"]
@@ -267,7 +262,7 @@ def test_a_failing_pod_fails_the_task_after_its_retries(dagbag: Any, kube: Any) 
 
 
 def test_a_pod_deleted_mid_run_is_retried_without_duplicate_output(
-    dagbag: Any, kube: Any, tmp_path: Path
+    task_result: Any, dagbag: Any, kube: Any, tmp_path: Path
 ) -> None:
     from kubernetes import client, config
 
@@ -306,14 +301,12 @@ def test_a_pod_deleted_mid_run_is_retried_without_duplicate_output(
     ]
     assert len(retried) == 2 and retried[-1]["status"]["phase"] == "Succeeded"
 
-    ws = _workspace(dag.dag_id, dag_run.run_id)
-    bundle = _bundle(dag.dag_id, dag_run, tmp_path)
+    bundle = _bundle(task_result(dag_run, "load_config"), tmp_path)
     instances = json.loads((bundle / "run_summary.json").read_text())["counts"]["instances"]
     assert len(list((bundle / "explanations").iterdir())) == instances
-    # one output per shard, holding exactly its explanations (the killed try left nothing behind)
-    for shard_dir in sorted((ws / "shards-joined").iterdir()):
-        summary = json.loads((shard_dir / "run_summary.json").read_text())
-        assert len(list((shard_dir / "explanations").iterdir())) == summary["counts"]["explanations"]
+    # every shard's output held exactly its explanations (the join refuses leftovers of a killed try)
+    joined = task_result(dag_run, "join_shards")
+    assert joined["explained"] == instances and joined["shards"] == len(task_result(dag_run, "shards"))
     # the deleted pod had no completion callback, yet it held its node: it is billed from its events
     records = {
         r["pod"]["metadata"]["name"]: r

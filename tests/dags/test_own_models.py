@@ -299,17 +299,15 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     ],
 )
 def test_a_teams_own_model_reaches_a_verified_bundle(
-    team: dict[str, Any], dag_id: str, source: str, tmp_path: Path
+    task_result: Any, team: dict[str, Any], dag_id: str, source: str, tmp_path: Path
 ) -> None:
     from include.compliance import download_bundle, list_bundles, verify_bundle
-    from include.configuration.layout import safe_key_part
     from include.digests import sha256_file
-    from include.paths import runs_dir
     from include.storage import default_public_key_path, s3_client
 
     dag_run = team["dags"][dag_id].test(run_conf={"sample_budget": None})
     assert "success" in str(dag_run.state)
-    ctx = json.loads((runs_dir() / dag_id / safe_key_part(dag_run.run_id) / "run.json").read_text())
+    ctx = task_result(dag_run, "load_config")
     client = s3_client()
     listed = list_bundles(client, ctx["bucket"], prefix=ctx["bundle_prefix"])
     assert len(listed) == 1 and listed[0].complete

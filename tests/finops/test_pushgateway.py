@@ -151,31 +151,47 @@ def test_meter_step_pushes_the_run(gateway: str, tmp_path: Path, monkeypatch: py
     """The meter_cost task's function prices a measured explainer process and pushes its metrics."""
     monkeypatch.setenv("XAC_HOME", str(tmp_path))
     monkeypatch.setenv(ENV_URL, gateway)
-    from include.orchestration.pipeline import meter_step, start_run
+    from include.embedded import s3_server
+    from include.orchestration.pipeline import ExplainResult, meter_step, start_run
     from include.paths import CONFIGS_DIR
+    from include.storage import s3_client
 
     config = CONFIGS_DIR / "explainers" / "diagnosis-risk-kernelshap.yaml"
-    ctx = start_run(
-        str(config), dag_id="diagnosis-risk-kernelshap", run_id="manual__push", params={}, identity={}
-    )
-    started = datetime(2026, 11, 27, 8, 0, 0, tzinfo=UTC)
-    explain = {
-        "usage": {
+    with s3_server.environment() as server:
+        client = s3_client(server.endpoint_url)
+        run = start_run(
+            str(config),
+            dag_id="diagnosis-risk-kernelshap",
+            run_id="manual__push",
+            params={},
+            identity={},
+            s3_client=client,
+            log=lambda line: None,
+        )
+        started = datetime(2026, 11, 27, 8, 0, 0, tzinfo=UTC)
+        usage = {
             "started_at": started.isoformat(),
             "finished_at": (started + timedelta(seconds=10)).isoformat(),
             "cpu_seconds": 15.0,
             "peak_memory_bytes": 2**30,
             "exit_code": 0,
-        },
-        "explained": 8,
-        "params": ctx["params"],
-        "out_dir": str(tmp_path),
-    }
-    logged: list[str] = []
-    cost = meter_step(ctx, explain, None, log=logged.append)
+        }
+        explain = ExplainResult(
+            explain_uri=run.staging(client).uri("explain/"),
+            explained=8,
+            params=run.params,
+            backend="local",
+            shards=1,
+            log_uri=run.staging(client).uri("logs/explain.log"),
+            usages=(usage,),
+            usage=usage,
+        )
+        logged: list[str] = []
+        cost = meter_step(run, explain, None, client, log=logged.append)
+        assert run.staging(client).get_json("cost.json")["summary"]["total"] == cost["total"]
     got = for_run(scrape(gateway), "manual__push")
     assert got["xac_run_cost"][1] == pytest.approx(cost["total"])
-    assert got["xac_run_cost"][0]["model"] == ctx["model_name"]
-    assert got["xac_run_cost"][0]["config"] == ctx["config_name"]
+    assert got["xac_run_cost"][0]["model"] == run.model_name
+    assert got["xac_run_cost"][0]["config"] == run.config_name
     assert got["xac_run_duration_seconds"][1] == 10.0
     assert got["xac_run_explanations_per_second"][1] == pytest.approx(0.8)

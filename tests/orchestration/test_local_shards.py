@@ -24,33 +24,33 @@ from include.orchestration.pipeline import StageFailed
 from include.orchestration.shards import ShardProcessFailed, explain_shard_step
 
 
-def _run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, script: str) -> dict[str, Any]:
-    monkeypatch.setattr(shards, "local_explain_command", lambda *a: [sys.executable, "-c", script])
-    ctx = {"workspace": str(tmp_path / "ws"), "params": {}}
-    shard = {"index": 0, "count": 1, "out": str(tmp_path / "out")}
-    return explain_shard_step(ctx, {}, None, shard, None, log=lambda line: None)
-
-
 def test_refused_input_fails_without_retry_and_crashes_are_retried(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, s3: Any, make_run: Any
 ) -> None:
-    usage = tmp_path / "ws" / "usage"
+    """Failed tries and the shard's log are staged in object storage: the join may run elsewhere."""
+    run = make_run("local-shards")
+    staging = run.staging(s3)
+
+    def _run(monkeypatch: pytest.MonkeyPatch, s3: Any, script: str) -> dict[str, Any]:
+        monkeypatch.setattr(shards, "local_explain_command", lambda *a: [sys.executable, "-c", script])
+        shard = {"index": 0, "count": 1, "out": staging.uri("shards/0-of-1/")}
+        return explain_shard_step(run, None, None, shard, s3, log=lambda line: None)  # type: ignore[arg-type]
+
     # 1: the input was refused; a retry would get the same answer.
     with pytest.raises(StageFailed, match="exited with code 1"):
-        _run(monkeypatch, tmp_path, "import sys; print('bad config'); sys.exit(1)")
+        _run(monkeypatch, s3, "import sys; print('bad config'); sys.exit(1)")
     # 3: could not run (storage out of reach); a signal: killed (the OOM killer's SIGKILL).
     with pytest.raises(ShardProcessFailed, match="exited with code 3"):
-        _run(monkeypatch, tmp_path, "import sys; sys.exit(3)")
+        _run(monkeypatch, s3, "import sys; sys.exit(3)")
     with pytest.raises(ShardProcessFailed, match=f"exited with code -{int(signal.SIGKILL)}"):
-        _run(monkeypatch, tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+        _run(monkeypatch, s3, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
     assert not issubclass(ShardProcessFailed, StageFailed)  # the DAG maps only StageFailed to no-retry
-    assert sorted(p.name for p in usage.iterdir()) == [f"shard-0-failed-{i}.json" for i in (1, 2, 3)]
+    assert staging.list("usage/") == [f"shard-0-failed-{i}.json" for i in (1, 2, 3)]
 
-    result = _run(monkeypatch, tmp_path, "print('explained')")
+    result = _run(monkeypatch, s3, "print('explained')")
     assert result["usage"]["exit_code"] == 0
     assert [t["exit_code"] for t in result["failed_tries"]] == [1, 3, -int(signal.SIGKILL)]
-    log = (tmp_path / "ws" / "logs" / "shards" / "explain-0-of-1.log").read_text()
-    assert log == "explained\n"
+    assert staging.get_bytes("logs/shards/explain-0-of-1.log") == b"explained\n"
 
 
 def test_failed_tries_are_priced_as_their_own_rows(tmp_path: Path) -> None:

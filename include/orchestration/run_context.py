@@ -1,0 +1,98 @@
+"""What every stage of one run knows about it, typed, and the small results tasks hand each other.
+
+They travel between tasks as XCom in their JSON form (:meth:`to_json` / :meth:`from_json`); the
+artifacts they point to live under the run's staging prefix (:mod:`include.orchestration.staging`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from include.orchestration.staging import RunStaging, staging_prefix_for
+
+
+class _Json:
+    """JSON form for XCom: fields as they are; tuples become lists and back."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Any:
+        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        values = {}
+        for name, value in data.items():
+            if name not in known:
+                continue  # a field an older or newer version of the DAG added: ignored
+            if isinstance(value, list) and "tuple" in str(known[name].type):
+                value = tuple(value)
+            values[name] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PipelineRun(_Json):
+    """One run of an explainer DAG: identity, the config it runs (by digest), what it explains."""
+
+    dag_id: str
+    run_id: str
+    run_key: str  # run_id made safe for object keys
+    identity: dict[str, Any]  # who or what triggered it, and the DAG code's version
+    config_file: str  # where the config was in the DAG folder when the run started (for the record)
+    config_sha256: str
+    config_uri: str  # the copy every stage reads: s3://<bucket>/_staging/<dag>/<run>/config/<sha256>.yaml
+    config_name: str
+    defaults_applied: tuple[str, ...]
+    model_name: str
+    model_version: str
+    feature_service: str
+    explainer_type: str
+    method: str
+    params: dict[str, Any]
+    seed: int
+    inference_ids: tuple[str, ...] | None
+    inference_count: int
+    dry_run_cost_only: bool
+    bucket: str
+    bundle_prefix: str
+    listing_prefix: str
+    started_at: str
+
+    @property
+    def staging_prefix(self) -> str:
+        return staging_prefix_for(self.dag_id, self.run_key)
+
+    def staging(self, s3_client: Any) -> RunStaging:
+        return RunStaging(s3_client, self.bucket, self.staging_prefix)
+
+
+@dataclass(frozen=True)
+class StagedProvenance(_Json):
+    """The provenance stage's outcome: validated frames staged for the explainer, and their record."""
+
+    inference_uri: str
+    background_uri: str
+    inference_sha256: str
+    background_sha256: str
+    provenance_uri: str
+    validation_uri: str
+    inference_ids: tuple[str, ...]
+    previous_bundle: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ExplainResult(_Json):
+    """The join's outcome: every shard merged under ``explain_uri``, and what the cost stage prices."""
+
+    explain_uri: str  # s3://.../explain/ (explanations/, fidelity.json, summary.json, run_summary.json)
+    explained: int
+    params: dict[str, Any]
+    backend: str
+    shards: int
+    log_uri: str  # the explainer processes' or pods' logs, concatenated
+    pods: tuple[str, ...] | None = None  # kubernetes: staged names of the finished pod records
+    cluster_profile: str | None = None
+    usages: tuple[dict[str, Any], ...] = ()  # local: each shard's measured process
+    usage: dict[str, Any] | None = None  # local: all shards as one
+    failed_tries: tuple[dict[str, Any], ...] = field(default_factory=tuple)

@@ -1,0 +1,112 @@
+"""Secrets and shared services from Airflow connections; nothing generated on a shared deployment.
+
+Connections are given the way a secrets backend or a Helm chart gives them to every component:
+``AIRFLOW_CONN_<ID>`` environment variables (Airflow's JSON form), read through Airflow's own
+``BaseHook.get_connection``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from include.adapters import connections
+from include.compliance import key_id, load_or_create_signing_key, public_key_pem
+from include.orchestration.deployment import MissingDeploymentSetting, deployment_mode
+
+
+@pytest.fixture
+def shared(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A shared deployment (Celery workers) with an empty XAC_HOME and no secrets configured."""
+    monkeypatch.setenv("XAC_DEPLOYMENT", "shared")
+    monkeypatch.setenv("XAC_HOME", str(tmp_path / "home"))
+    for name in ("XAC_SIGNING_KEY", "XAC_PROVENANCE_SALT", "XAC_COST_STORE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "home"
+
+
+def _connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: object) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({"conn_type": "generic", **fields}))
+
+
+@pytest.mark.parametrize(
+    ("env", "executor", "expected"),
+    [
+        ({}, "LocalExecutor", "embedded"),
+        ({}, "", "embedded"),
+        ({}, "CeleryExecutor", "shared"),
+        ({}, "airflow.providers.cncf.kubernetes.executors.kubernetes_executor.KubernetesExecutor", "shared"),
+        ({}, "LocalExecutor,CeleryExecutor", "shared"),
+        ({"XAC_DEPLOYMENT": "embedded"}, "CeleryExecutor", "embedded"),
+        ({"XAC_DEPLOYMENT": "Shared"}, "LocalExecutor", "shared"),
+    ],
+)
+def test_the_executor_decides_unless_the_deployment_is_named(
+    env: dict[str, str], executor: str, expected: str
+) -> None:
+    assert deployment_mode(env, executor=executor) == expected
+
+
+def test_an_unknown_deployment_is_refused() -> None:
+    with pytest.raises(ValueError, match="XAC_DEPLOYMENT='cluster': choose one of embedded, shared"):
+        deployment_mode({"XAC_DEPLOYMENT": "cluster"})
+
+
+def test_a_shared_deployment_without_secrets_fails_clearly_and_generates_nothing(shared: Path) -> None:
+    with pytest.raises(MissingDeploymentSetting, match="no signing key: this is a shared deployment") as exc:
+        connections.signer()
+    assert "'xac_signing'" in str(exc.value)
+    with pytest.raises(MissingDeploymentSetting, match="'xac_provenance_salt'"):
+        connections.provenance_salt()
+    with pytest.raises(MissingDeploymentSetting, match="'xac_cost_store'"):
+        connections.cost_store()
+    assert not shared.exists()  # no demo key, salt or SQLite store was made on this worker
+
+
+def test_secrets_come_from_connections(shared: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    key = load_or_create_signing_key(tmp_path / "keys" / "org.pem")
+    pem = (tmp_path / "keys" / "org.pem").read_text()
+    _connection(monkeypatch, "xac_signing", password=pem)
+    _connection(monkeypatch, "xac_provenance_salt", password="a-long-random-salt")
+    _connection(monkeypatch, "xac_keyring", password=public_key_pem(key).decode())
+    assert key_id(connections.signer()) == key_id(key)
+    assert connections.provenance_salt() == "a-long-random-salt"
+    (trusted,) = connections.trusted_keys().keys
+    assert trusted.key.keyid == key_id(key) and "xac_keyring" in trusted.source
+    assert not shared.exists()
+
+
+def test_a_signing_key_file_from_a_secret_is_read_and_never_created(
+    shared: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XAC_SIGNING_KEY", str(tmp_path / "mounted" / "key.pem"))
+    with pytest.raises(MissingDeploymentSetting, match=r"XAC_SIGNING_KEY=.*key\.pem cannot be read"):
+        connections.signer()
+    assert not (tmp_path / "mounted").exists()
+    key = load_or_create_signing_key(tmp_path / "mounted" / "key.pem")
+    assert key_id(connections.signer()) == key_id(key)
+
+
+def test_a_private_key_in_the_keyring_connection_is_refused(
+    shared: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from include.compliance.keys import KeyringError
+
+    load_or_create_signing_key(tmp_path / "k.pem")
+    _connection(monkeypatch, "xac_keyring", password=(tmp_path / "k.pem").read_text())
+    with pytest.raises(KeyringError, match="Airflow connection xac_keyring: holds a private key"):
+        connections.trusted_keys()
+
+
+def test_the_embedded_default_makes_its_demo_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XAC_DEPLOYMENT", "embedded")
+    monkeypatch.setenv("XAC_HOME", str(tmp_path / "home"))
+    for name in ("XAC_SIGNING_KEY", "XAC_PROVENANCE_SALT", "XAC_COST_STORE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    first, again = connections.signer(), connections.signer()
+    assert key_id(first) == key_id(again)
+    salt = connections.provenance_salt()
+    assert len(salt) == 64 and connections.provenance_salt() == salt
+    assert (tmp_path / "home" / "keys" / "provenance-salt").exists()
