@@ -110,3 +110,17 @@ def test_the_embedded_default_makes_its_demo_values(monkeypatch: pytest.MonkeyPa
     salt = connections.provenance_salt()
     assert len(salt) == 64 and connections.provenance_salt() == salt
     assert (tmp_path / "home" / "keys" / "provenance-salt").exists()
+
+
+def test_the_cost_store_comes_from_its_connection(
+    shared: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every worker writes the one store the connection names (a SQLite URL stands in here; the
+    PostgreSQL back end is tested in tests/finops/test_store.py)."""
+    monkeypatch.setenv("AIRFLOW_CONN_XAC_COST_STORE", f"sqlite:///{tmp_path / 'shared' / 'costs.db'}")
+    store = connections.cost_store()
+    assert store.path == tmp_path / "shared" / "costs.db" and store.path.exists()
+    monkeypatch.delenv("AIRFLOW_CONN_XAC_COST_STORE")
+    monkeypatch.setenv("XAC_COST_STORE_URL", f"sqlite:///{tmp_path / 'env' / 'costs.db'}")
+    assert connections.cost_store().path == tmp_path / "env" / "costs.db"
+    assert not shared.exists()

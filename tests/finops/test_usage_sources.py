@@ -527,11 +527,10 @@ def test_the_dag_prices_saved_pods_with_prometheus_usage_when_configured(
     from include.orchestration.shards import price_pods
 
     _, url, pod = ingested
-    record = tmp_path / "try-1-pod.json"
-    record.write_text(json.dumps({"pod": pod}))
+    record = {"pod": pod}  # as the join staged it
     monkeypatch.setenv("XAC_PROMETHEUS_URL", url)
-    rows, _ = price_pods([str(record)], "default")
+    rows, _ = price_pods([record], "default")
     assert {r["x_UsageSource"] for r in rows} == {"prometheus"}
     monkeypatch.delenv("XAC_PROMETHEUS_URL")
-    rows, _ = price_pods([str(record)], "default")
+    rows, _ = price_pods([record], "default")
     assert {r["x_UsageSource"] for r in rows} == {"requests-only"}

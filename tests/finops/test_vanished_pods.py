@@ -8,7 +8,6 @@ KubernetesPodOperator against the API double, ``kubectl delete pod`` mid-run) is
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -120,16 +119,15 @@ def test_the_rebuilt_pod_is_priced_and_says_how_its_lifetime_was_found(tmp_path:
             },
         }
     }
-    record = tmp_path / "try-1-explain-0-abc.json"
-    record.write_text(json.dumps({"pod": pod, "node": node, "try_number": 1, "vanished": True}))
-    rows, notes = price_pods([str(record)], "default")
+    record = {"pod": pod, "node": node, "try_number": 1, "vanished": True}
+    rows, notes = price_pods([record], "default")
     assert rows and all(row["ResourceName"] == "explain-0-abc" for row in rows)
     assert sum(row["BilledCost"] for row in rows) > 0
     assert {row["x_CapacityType"] for row in rows} == {"on-demand"}
     assert any("explain-0-abc" in note and "Killing" in note for note in notes)
     # the same pod recorded by the completion callback carries no such note
-    record.write_text(json.dumps({"pod": pod, "node": node, "try_number": 1}))
-    assert not any("Killing" in note for note in price_pods([str(record)], "default")[1])
+    callback_record = {"pod": pod, "node": node, "try_number": 1}
+    assert not any("Killing" in note for note in price_pods([callback_record], "default")[1])
 
 
 @pytest.mark.parametrize("message", ["", "assigned somewhere"])
