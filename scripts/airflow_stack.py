@@ -1,4 +1,4 @@
-"""A real Airflow 3 stack on 127.0.0.1: api-server, scheduler, dag-processor and triggerer.
+"""A real Airflow 3 stack on 127.0.0.1: api-server, scheduler, dag-processor and triggerer (+ Celery workers).
 
 `make airflow` runs ``python scripts/airflow_stack.py up``: it migrates the metadata DB, starts the four
 components (LocalExecutor) as child processes, waits until the api-server answers and the sample DAGs are
@@ -21,6 +21,19 @@ server of ``make s3``, else a moto server for the lifetime of ``up`` recording i
 ``up`` also prepares the sample data, models and signing key (idempotent; ``--no-samples`` skips it).
 Login: the simple auth manager's ``admin`` user; the password is ``$XAC_AIRFLOW_PASSWORD`` or ``admin``.
 The stack binds to 127.0.0.1 only, so these development credentials are never reachable from elsewhere.
+
+Celery mode (``up --executor celery --workers 2``, ``start(executor="celery", workers=2)``), for tests: the
+CeleryExecutor with Redis as broker (``redis://127.0.0.1:6379/0``, every key under a prefix of its own per
+stack, so two stacks never share a queue) and the metadata DB as Celery's result backend (PostgreSQL only),
+plus N ``airflow celery worker`` processes standing in for N machines: worker ``a``, ``b``, ... has its own
+XAC_HOME (``<home>/worker-a/xac``, empty at start: nothing is copied there), working directory, TMPDIR,
+Celery hostname and queue (``xac-worker-a``), and reports its own hostname on its task instances. A cluster
+policy generated into ``<home>/celery-policy/airflow_local_settings.py`` (on every component's PYTHONPATH,
+never in product code) routes the stages of the ``explainability`` DAGs by ``CELERY_ROUTES`` so that
+consecutive stages of a run land on different workers. The workers share the stack's AIRFLOW_HOME and its
+task log folder (as a remote log store would be shared): their log servers would all want port 8793.
+With the CeleryExecutor the tasks see a shared deployment, which must provide a provenance salt, the
+signing key and a cost store: the stack passes them to every component (``shared_deployment_environment``).
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,6 +74,30 @@ LOCAL_BUNDLES = (
     '[{"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",'
     ' "kwargs": {}}]'
 )
+
+# --- Celery mode (tests only) ----------------------------------------------------------------------------
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+WORKER_CONCURRENCY = 2  # task slots per worker: the CI box has 2 cores
+ROUTED_DAG_TAG = "explainability"
+# Which worker runs each stage of a DAG tagged ROUTED_DAG_TAG: consecutive stages of one run alternate,
+# so whatever a stage hands to the next one through the local disk shows up as a failure. Every mapped
+# `explain` shard of a run goes to the same worker. Tasks not listed here (other DAGs, the single task of
+# an invalid config's DAG) go to FALLBACK_WORKER.
+CELERY_ROUTES: tuple[tuple[str, str], ...] = (
+    # (task_id,        worker)
+    ("load_config", "a"),
+    ("provenance", "b"),
+    ("plan", "a"),
+    ("shards", "b"),
+    ("explain", "a"),
+    ("join_shards", "b"),
+    ("meter_cost", "a"),
+    ("fidelity_gate", "b"),
+    ("publish_bundle", "a"),
+)
+FALLBACK_WORKER = "a"
+POLICY_DIR = "celery-policy"  # under the stack's home; on every component's PYTHONPATH in Celery mode
 
 
 def stack_home() -> Path:
@@ -144,6 +182,280 @@ def resolve_db(choice: str, home: Path) -> str:
             raise RuntimeError(f"no PostgreSQL answers on {PG_HOST}:{PG_PORT} (user {PG_USER})")
         return sqlite_url(home)
     return choice
+
+
+# --------------------------------------------------------------------------- Celery mode
+
+
+def redis_answers(url: str = DEFAULT_BROKER_URL, timeout: float = 2.0) -> bool:
+    """True when the Redis server of ``url`` answers PING (a plain socket: no client library needed)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or HOST, parts.port or 6379), timeout=timeout) as sock:
+            if parts.password:
+                user = f"{parts.username} " if parts.username else ""
+                sock.sendall(f"AUTH {user}{parts.password}\r\n".encode())
+                if not sock.recv(64).startswith(b"+OK"):
+                    return False
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def postgres_url_answers(db_url: str, timeout: float = 2.0) -> bool:
+    """True when the PostgreSQL database of a SQLAlchemy URL accepts a connection."""
+    try:
+        import psycopg2
+        from sqlalchemy.engine import make_url
+    except ImportError:
+        return False
+    url = make_url(db_url)
+    try:
+        conn = psycopg2.connect(
+            host=url.host or PG_HOST,
+            port=url.port or PG_PORT,
+            user=url.username or PG_USER,
+            password=url.password,
+            dbname=url.database or "postgres",
+            connect_timeout=max(1, int(timeout)),
+        )
+    except Exception:
+        return False
+    conn.close()
+    return True
+
+
+def is_postgres_url(db_url: str) -> bool:
+    return db_url.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres")
+
+
+def worker_queue(letter: str) -> str:
+    return f"xac-worker-{letter}"
+
+
+def worker_letters(count: int) -> list[str]:
+    """The workers' letters; CELERY_ROUTES (and FALLBACK_WORKER) must name only these."""
+    routed = {letter for _, letter in CELERY_ROUTES} | {FALLBACK_WORKER}
+    if not len(routed) <= count <= 26:
+        raise ValueError(
+            f"workers must be between {len(routed)} (CELERY_ROUTES uses {', '.join(sorted(routed))}) "
+            f"and 26, not {count}"
+        )
+    letters = [chr(ord("a") + i) for i in range(count)]
+    assert routed <= set(letters), (routed, letters)
+    return letters
+
+
+def celery_routes() -> dict[str, str]:
+    """CELERY_ROUTES as {task_id: queue}."""
+    return {task_id: worker_queue(letter) for task_id, letter in CELERY_ROUTES}
+
+
+def broker_key_prefix(stack_id: str) -> str:
+    """Every Redis key and channel of one stack (queues, bindings, broadcasts) starts with this."""
+    return f"xac-stack-{stack_id}:"
+
+
+@dataclass(frozen=True)
+class CeleryWorker:
+    """One Celery worker of the stack, standing in for a machine of its own."""
+
+    letter: str  # "a", "b", ...
+    root: Path  # its working directory; its XAC_HOME and TMPDIR are inside
+    stack_id: str
+
+    @property
+    def name(self) -> str:
+        """The component's name (in ``processes``, and its log file): ``worker-a``."""
+        return f"worker-{self.letter}"
+
+    @property
+    def queue(self) -> str:
+        return worker_queue(self.letter)
+
+    @property
+    def hostname(self) -> str:
+        """The host name its task instances report (``hostname`` in the REST API)."""
+        return f"xac-worker-{self.letter}.{self.stack_id}"
+
+    @property
+    def celery_hostname(self) -> str:
+        """Its Celery node name, which `celery inspect` answers under; unique per stack."""
+        return f"celery@{self.hostname}"
+
+    @property
+    def xac_home(self) -> Path:
+        return self.root / "xac"
+
+    @property
+    def tmpdir(self) -> Path:
+        return self.root / "tmp"
+
+    def environment(self, env: dict[str, str]) -> dict[str, str]:
+        """Its own XAC_HOME, TMPDIR and reported host name on top of the stack's environment."""
+        return {
+            **env,
+            "XAC_HOME": str(self.xac_home),
+            "TMPDIR": str(self.tmpdir),
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "xac_stack_hostname.hostname",
+            "XAC_STACK_WORKER_HOSTNAME": self.hostname,
+        }
+
+    def command(self) -> list[str]:
+        return [
+            _airflow_bin(),
+            "celery",
+            "worker",
+            "--celery-hostname",
+            self.celery_hostname,
+            "--queues",
+            self.queue,  # its own queue only
+            "--concurrency",
+            str(WORKER_CONCURRENCY),
+            # Each worker's log server would listen on the same fixed port (8793): the workers write
+            # task logs into the stack's log folder and the api-server reads them from there.
+            "--skip-serve-logs",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+
+
+_POLICY_TEMPLATE = '''"""Test-only task routing of Celery test stack {stack_id}, by scripts/airflow_stack.py.
+
+Not product code: it lives only in that stack's home, on its components' PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+__all__ = ["task_policy"]
+
+ROUTED_DAG_TAG = {tag!r}
+QUEUES = {queues!r}
+FALLBACK_QUEUE = {fallback!r}
+
+
+def task_policy(task):
+    tags = set(getattr(getattr(task, "dag", None), "tags", None) or ())
+    if ROUTED_DAG_TAG in tags and task.task_id in QUEUES:
+        task.queue = QUEUES[task.task_id]
+    else:
+        task.queue = FALLBACK_QUEUE
+'''
+
+_HOSTNAME_MODULE = '''"""[core] hostname_callable of the Celery test stack workers (scripts/airflow_stack.py).
+
+Every worker runs on this one machine; each reports the name of the machine it stands in for.
+"""
+
+import os
+import socket
+
+
+def hostname():
+    return os.environ.get("XAC_STACK_WORKER_HOSTNAME") or socket.getfqdn()
+'''
+
+
+def write_celery_policy(home: Path, stack_id: str) -> Path:
+    """Generate the routing policy and the workers' hostname callable; return the folder they are in."""
+    folder = home / POLICY_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "airflow_local_settings.py").write_text(
+        _POLICY_TEMPLATE.format(
+            stack_id=stack_id,
+            tag=ROUTED_DAG_TAG,
+            queues=celery_routes(),
+            fallback=worker_queue(FALLBACK_WORKER),
+        )
+    )
+    (folder / "xac_stack_hostname.py").write_text(_HOSTNAME_MODULE)
+    return folder
+
+
+def celery_environment(*, db_url: str, broker_url: str, stack_id: str, policy_dir: Path) -> dict[str, str]:
+    """What every component of a Celery stack runs with on top of ``stack_environment``."""
+    pythonpath = os.pathsep.join(p for p in (str(policy_dir), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        "AIRFLOW__CORE__EXECUTOR": EXECUTORS["celery"],
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        # Celery's task states go to the metadata DB (tables celery_taskmeta and celery_tasksetmeta).
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{db_url}",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),
+        # kombu's Redis transport prefixes every key and channel: stacks sharing one Redis stay apart.
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": broker_key_prefix(stack_id),
+        # Celery's default, set so that the provider does not warn about it in every component's log.
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "86400",
+        # airflow_local_settings (the routing policy) and the workers' hostname callable.
+        "PYTHONPATH": pythonpath,
+    }
+
+
+def shared_deployment_environment(db_url: str) -> dict[str, str]:
+    """What a shared deployment (several workers) must provide and may not generate on one worker.
+
+    Since the CeleryExecutor makes the tasks treat the stack as a shared deployment, this stands in for
+    the deployment's secrets backend: a provenance salt (random, per stack), the signing key and its
+    public half (the caller's demo key, ``$XAC_HOME/keys``, as Airflow connections: no worker reads a
+    key file) and the cost store (tables ``xac_cost_*`` in the stack's metadata DB). Whatever the
+    caller's environment already sets (``AIRFLOW_CONN_XAC_*``, ``XAC_PROVENANCE_SALT``,
+    ``XAC_COST_STORE_URL``) is left as it is.
+    """
+    env: dict[str, str] = {}
+
+    def _connection(conn_id: str, password: str) -> None:
+        name = f"AIRFLOW_CONN_{conn_id.upper()}"
+        if name not in os.environ:
+            env[name] = json.dumps({"conn_type": "generic", "password": password})
+
+    if "XAC_PROVENANCE_SALT" not in os.environ:
+        _connection("xac_provenance_salt", secrets.token_hex(32))
+    try:
+        from include.storage import default_public_key_path, default_signing_key_path
+    except ImportError:
+        pass
+    else:
+        private, public = default_signing_key_path(), default_public_key_path()
+        if private.is_file():
+            _connection("xac_signing", private.read_text())
+        if public.is_file():
+            _connection("xac_keyring", public.read_text())
+    if "XAC_COST_STORE_URL" not in os.environ and "AIRFLOW_CONN_XAC_COST_STORE" not in os.environ:
+        env["XAC_COST_STORE_URL"] = db_url
+    return env
+
+
+@contextlib.contextmanager
+def celery_control(broker_url: str, stack_id: str) -> Iterator[Any]:
+    """A throwaway Celery app on the stack's broker, for `inspect`/`ping`; closed on exit."""
+    from celery import Celery
+
+    app = Celery("xac-airflow-stack", broker=broker_url, set_as_current=False)
+    app.conf.broker_transport_options = {"global_keyprefix": broker_key_prefix(stack_id)}
+    app.conf.broker_connection_retry_on_startup = False
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def clear_broker_keys(broker_url: str, stack_id: str) -> int:
+    """Delete the stack's keys from Redis (queues, bindings); return how many. Best effort."""
+    try:
+        import redis
+    except ImportError:
+        return 0
+    try:
+        client = redis.Redis.from_url(broker_url, socket_timeout=2)
+        keys = list(client.scan_iter(match=f"{broker_key_prefix(stack_id)}*", count=500))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    except redis.RedisError:
+        return 0
+    return len(keys)
 
 
 # --------------------------------------------------------------------------- processes
@@ -320,6 +632,9 @@ class AirflowStack:
     stack_id: str
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    executor: str = "local"
+    workers: list[CeleryWorker] = field(default_factory=list)
+    broker_url: str | None = None
     _token: str | None = field(default=None, repr=False)
 
     @property
@@ -371,6 +686,25 @@ class AirflowStack:
     def dead_components(self) -> dict[str, int]:
         return {name: p.returncode for name, p in self.processes.items() if p.poll() is not None}
 
+    def celery_ping(self, timeout: float = 1.0) -> set[str]:
+        """The Celery node names of this stack's workers that answer a ping (Celery mode)."""
+        if not self.workers or self.broker_url is None:
+            return set()
+        with celery_control(self.broker_url, self.stack_id) as app:
+            replies = app.control.ping(destination=[w.celery_hostname for w in self.workers], timeout=timeout)
+        return {name for reply in replies or [] for name in reply}
+
+    def celery_active_queues(self, timeout: float = 2.0) -> dict[str, list[str]]:
+        """{Celery node name: the queues it consumes} for the workers that answer (Celery mode)."""
+        if not self.workers or self.broker_url is None:
+            return {}
+        with celery_control(self.broker_url, self.stack_id) as app:
+            inspect = app.control.inspect(
+                destination=[w.celery_hostname for w in self.workers], timeout=timeout
+            )
+            answers = inspect.active_queues() or {}
+        return {name: sorted(q["name"] for q in queues) for name, queues in answers.items()}
+
     def log_tail(self, component: str, lines: int = 40) -> str:
         path = self.log_dir / f"{component}.log"
         try:
@@ -400,6 +734,8 @@ class AirflowStack:
         leftovers = {p: s for p, s in known.items() if _alive(p)}
         leftovers.update(stack_processes(self.stack_id, roots))
         _terminate(leftovers, grace=5.0)
+        if self.broker_url is not None:
+            clear_broker_keys(self.broker_url, self.stack_id)
         state_file(self.home).unlink(missing_ok=True)
 
 
@@ -418,6 +754,17 @@ def _write_state(stack: AirflowStack, owner_pid: int) -> None:
         "port": stack.port,
         "username": stack.username,
         "db": _redacted(stack.db_url),
+        "executor": stack.executor,
+        "broker": _redacted(stack.broker_url) if stack.broker_url else None,
+        "workers": {
+            w.name: {
+                "celery_hostname": w.celery_hostname,
+                "queue": w.queue,
+                "xac_home": str(w.xac_home),
+                "cwd": str(w.root),
+            }
+            for w in stack.workers
+        },
         # Start times let `down` tell these pids from reused ones.
         "components": {
             name: {"pid": p.pid, "started": _proc_start_time(p.pid)} for name, p in stack.processes.items()
@@ -459,15 +806,30 @@ def start(
     password: str | None = None,
     extra_env: dict[str, str] | None = None,
     timeout: float = 180.0,
+    executor: str = "local",
+    workers: int = 2,
+    broker_url: str = DEFAULT_BROKER_URL,
+    deployment_settings: bool = True,
 ) -> AirflowStack:
     """Migrate the DB, start the four components and return once the DAGs are listed by the REST API.
 
     ``db_url=None`` means SQLite under ``home``. ``timeout`` bounds the wait for readiness (the target is
     well under 60 s; the bound only turns a hang into an error with the components' log tails).
+
+    ``executor="celery"``: the CeleryExecutor and ``workers`` Celery workers (see the module's docstring);
+    ``db_url`` must then be a PostgreSQL database that answers (it is also Celery's result backend) and
+    ``broker_url`` a Redis that answers. Readiness then also waits for every worker to answer a ping.
+    The tasks then see a shared deployment, which must provide its secrets and cost store:
+    ``deployment_settings`` provides them (``shared_deployment_environment``); ``False`` leaves them out.
     """
     global _CURRENT
     if _CURRENT is not None:
         raise RuntimeError(f"a stack already runs at {_CURRENT.base_url}; stop() it first")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, not {executor!r}")
+    if executor == "celery":
+        _check_celery_services(db_url, broker_url)
+        letters = worker_letters(workers)
     home = (home or stack_home()).resolve()
     home.mkdir(parents=True, exist_ok=True)
     previous = _read_state(home)
@@ -489,6 +851,25 @@ def start(
     password_file.chmod(0o600)
     stack_id = secrets.token_hex(8)
     db = db_url or sqlite_url(home)
+    executor_env: dict[str, str] = {}
+    celery_workers: list[CeleryWorker] = []
+    if executor == "celery":
+        policy_dir = write_celery_policy(home, stack_id)
+        executor_env = celery_environment(
+            db_url=db, broker_url=broker_url, stack_id=stack_id, policy_dir=policy_dir
+        )
+        if deployment_settings:
+            executor_env.update(shared_deployment_environment(db))
+        for letter in letters:
+            worker = CeleryWorker(letter=letter, root=home / f"worker-{letter}", stack_id=stack_id)
+            # A fresh machine at every start: nothing of an earlier stack (or of this host's XAC_HOME).
+            shutil.rmtree(worker.root, ignore_errors=True)
+            for folder in (worker.root, worker.xac_home, worker.tmpdir):
+                folder.mkdir(parents=True, exist_ok=True)
+            celery_workers.append(worker)
+    else:
+        # A policy generated for an earlier Celery stack in this home must not route this one's tasks.
+        shutil.rmtree(home / POLICY_DIR, ignore_errors=True)
     env = stack_environment(
         home=home,
         port=port,
@@ -496,10 +877,19 @@ def start(
         stack_id=stack_id,
         username=username,
         password_file=password_file,
-        extra_env=extra_env,
+        extra_env={**executor_env, **(extra_env or {})},
     )
     stack = AirflowStack(
-        home=home, port=port, db_url=db, username=username, password=password, env=env, stack_id=stack_id
+        home=home,
+        port=port,
+        db_url=db,
+        username=username,
+        password=password,
+        env=env,
+        stack_id=stack_id,
+        executor=executor,
+        workers=celery_workers,
+        broker_url=broker_url if executor == "celery" else None,
     )
     stack.log_dir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -534,6 +924,17 @@ def start(
                     cwd=home,
                     start_new_session=True,  # own process group: stop() signals the whole tree
                 )
+        for worker in stack.workers:
+            with open(stack.log_dir / f"{worker.name}.log", "ab") as log:
+                stack.processes[worker.name] = subprocess.Popen(
+                    worker.command(),
+                    env=worker.environment(env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=worker.root,
+                    start_new_session=True,
+                )
         _wait_ready(stack, deadline=time.monotonic() + timeout)
         stack.timings["components_ready_s"] = round(time.perf_counter() - launched, 2)
         stack.timings["start_s"] = round(time.perf_counter() - began, 2)
@@ -544,16 +945,39 @@ def start(
     return stack
 
 
+def _check_celery_services(db_url: str | None, broker_url: str) -> None:
+    """Celery mode needs its metadata DB (also the result backend) on PostgreSQL, and Redis; both up."""
+    if db_url is None or not is_postgres_url(db_url):
+        raise RuntimeError(
+            "the Celery stack needs its metadata DB on PostgreSQL (it is also Celery's result backend): "
+            f"pass a postgresql:// db_url, not {_redacted(db_url) if db_url else 'SQLite'}"
+        )
+    if not postgres_url_answers(db_url):
+        raise RuntimeError(f"the Celery stack needs PostgreSQL, and {_redacted(db_url)} does not answer")
+    if not broker_url.startswith(("redis://", "rediss://")):
+        raise RuntimeError(f"the Celery stack's broker must be Redis (redis://...), not {broker_url!r}")
+    if not redis_answers(broker_url):
+        raise RuntimeError(
+            f"the Celery stack needs Redis as its broker, and {_redacted(broker_url)} does not answer"
+        )
+
+
 def _wait_ready(stack: AirflowStack, deadline: float) -> None:
-    """Api-server answers, every component heartbeats, and GET /api/v2/dags lists every config's DAG."""
+    """Api-server answers, every component heartbeats, GET /api/v2/dags lists every config's DAG, and
+    (Celery mode) every worker answers a ping."""
     expected = expected_dag_count()
     launched = time.perf_counter()
+    silent = {w.celery_hostname for w in stack.workers}
     last = "api-server not answering"
     while time.monotonic() < deadline:
         dead = stack.dead_components()
         if dead:
             name, code = next(iter(dead.items()))
             raise RuntimeError(f"{name} exited with {code} during start-up:\n{stack.log_tail(name)}")
+        if silent:
+            silent -= stack.celery_ping()
+            if not silent:
+                stack.timings["workers_answer_s"] = round(time.perf_counter() - launched, 2)
         health = stack.health()
         if health is not None:
             stack.timings.setdefault("api_answers_s", round(time.perf_counter() - launched, 2))
@@ -571,11 +995,14 @@ def _wait_ready(stack: AirflowStack, deadline: float) -> None:
                     raise RuntimeError(f"the DAG processor reports import errors:\n{problems}")
                 listed = stack.api("GET", "/api/v2/dags", params={"limit": 100}).json()
                 count = int(listed.get("total_entries", 0))
-                if count >= expected:
+                if count < expected:
+                    last = f"{count} of {expected} DAGs parsed"
+                elif silent:
+                    last = f"Celery workers not answering: {', '.join(sorted(silent))}"
+                else:
                     return
-                last = f"{count} of {expected} DAGs parsed"
         time.sleep(0.5)
-    tails = "\n".join(f"--- {c}\n{stack.log_tail(c, 15)}" for c in COMPONENTS)
+    tails = "\n".join(f"--- {c}\n{stack.log_tail(c, 15)}" for c in stack.processes)
     raise TimeoutError(f"the Airflow stack was not ready in time ({last})\n{tails}")
 
 
@@ -645,7 +1072,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         # Idempotent; without the sample data, models and key every run would fail at its first task.
         for line in prepare_samples():
             print(f"  {line}", flush=True)
-    db = resolve_db(args.db, home)
+    # Celery mode needs PostgreSQL: `auto` must not fall back to SQLite there (`postgres` says why it failed).
+    db = resolve_db("postgres" if args.executor == "celery" and args.db == "auto" else args.db, home)
     s3_description, own_s3 = _s3_for_up()
     print(f"starting Airflow in {home} (metadata DB {_redacted(db)}) ...", flush=True)
 
@@ -655,7 +1083,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     try:
-        stack = start(db_url=db, port=args.port, timeout=args.timeout)
+        stack = start(
+            db_url=db,
+            port=args.port,
+            timeout=args.timeout,
+            executor=args.executor,
+            workers=args.workers,
+            broker_url=args.broker_url,
+        )
     except BaseException as exc:
         if own_s3 is not None:
             own_s3.stop()
@@ -671,7 +1106,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
         f"  login:     {stack.username} / {stack.password}\n"
         f"  logs:      {stack.log_dir}/<component>.log; task logs under {stack.home}/logs\n"
         f"  S3:        {s3_description}\n"
-        "Ctrl-C stops everything.",
+        + "".join(
+            f"  {w.name}:  {w.celery_hostname}, queue {w.queue}, XAC_HOME {w.xac_home}\n"
+            for w in stack.workers
+        )
+        + (
+            f"  broker:    {_redacted(args.broker_url)} (keys {broker_key_prefix(stack.stack_id)}*)\n"
+            if stack.workers
+            else ""
+        )
+        + "Ctrl-C stops everything.",
         flush=True,
     )
     try:
@@ -734,6 +1178,8 @@ def _cmd_status(_: argparse.Namespace) -> int:
     print(f"running at {state['url']} (login {state['username']}, db {state['db']})")
     for name in ("metadatabase", "scheduler", "triggerer", "dag_processor"):
         print(f"  {name}: {(health.get(name) or {}).get('status')}")
+    for name, worker in (state.get("workers") or {}).items():
+        print(f"  {name}: {worker['celery_hostname']} (queue {worker['queue']})")
     return 0
 
 
@@ -749,6 +1195,19 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--port", type=int, default=int(os.environ.get("XAC_AIRFLOW_PORT", "8080")))
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
     up.add_argument("--no-samples", action="store_true", help="skip preparing the sample data and models")
+    up.add_argument(
+        "--executor",
+        choices=sorted(EXECUTORS),
+        default=os.environ.get("XAC_AIRFLOW_EXECUTOR", "local"),
+        help="local (LocalExecutor, default) or celery (CeleryExecutor and --workers Celery workers; "
+        "needs PostgreSQL and Redis)",
+    )
+    up.add_argument("--workers", type=int, default=2, help="Celery workers to start (celery only)")
+    up.add_argument(
+        "--broker-url",
+        default=os.environ.get("XAC_CELERY_BROKER_URL", DEFAULT_BROKER_URL),
+        help="the Celery broker (Redis; celery only)",
+    )
     down = sub.add_parser("down", help="stop the stack that `up` started")
     down.add_argument("--timeout", type=float, default=30.0)
     sub.add_parser("status", help="exit 0 when the stack answers, 3 when not")

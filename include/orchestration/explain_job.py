@@ -57,7 +57,10 @@ def fetch_config(uri: str, expected_sha256: str | None = None) -> Path:
     if not is_s3_uri(uri):
         path = Path(uri)
     else:
+        import atexit
+
         folder = Path(tempfile.mkdtemp(prefix="xac-config-"))
+        atexit.register(shutil.rmtree, folder, True)  # the process's own copy: gone when it ends
         path = _fetch(uri, folder / Path(uri).name)
     if expected_sha256 and path.is_file() and sha256_file(path) != expected_sha256:
         raise ExplainJobError(f"config {uri} has sha256 {sha256_file(path)}, expected {expected_sha256}")

@@ -7,6 +7,12 @@
    DAGs/plugins folders are where ./dags and ./plugins are mounted; the buckets created by the
    MinIO set-up cover every ``storage.bucket`` of include/configs/explainers/*.yaml; the Airflow
    base image's version is the apache-airflow pin; no image floats on ``latest``.
+3. The CeleryExecutor override (docker-compose.celery.yaml), merged onto the base file as Compose
+   merges it (``extends`` included; cross-checked with ``docker compose config`` where Compose v2 is
+   installed): schema, image pins and paths as above; every Airflow service runs the CeleryExecutor
+   with the Redis broker, the metadata DB as result backend and XAC_DEPLOYMENT=shared; every
+   connection the tasks read (include/adapters/connections.py) is defined for all of them; the
+   worker scales and mounts no shared XAC_HOME; the documented .env commands yield a working key pair.
 
 Each check returns a list of problems, so the tests below also feed it broken copies of the real
 file and require the problem to be reported: a check that cannot fail proves nothing.
@@ -837,3 +843,577 @@ def test_version_check_rejects_a_mismatched_base_image(
 def test_monitoring_check_rejects_unknown_targets(doc: Doc) -> None:
     config = {"scrape_configs": [{"job_name": "x", "static_configs": [{"targets": ["nowhere:1234"]}]}]}
     assert any("nowhere:1234" in p for p in monitoring_problems(doc, config))
+
+
+# =========================================================================== the CeleryExecutor variant
+#
+# docker-compose.celery.yaml is an override of docker-compose.yaml (`-f docker-compose.yaml -f
+# docker-compose.celery.yaml`): it is merged onto the base file here the way Compose merges override
+# files and resolves `extends`, then held to what a shared deployment needs.
+
+CELERY_FILE = REPO_ROOT / "docker-compose.celery.yaml"
+CELERY_WORKER = "airflow-worker"
+# Keys that Compose replaces instead of merging when an override sets them.
+_REPLACED = {"command", "entrypoint"}
+
+
+def product_connection_ids() -> set[str]:
+    """Every Airflow connection the tasks read: the ``*_CONN_ID`` constants of
+    include.adapters.connections."""
+    from include.adapters import connections
+
+    return {
+        value
+        for name, value in vars(connections).items()
+        if name.endswith("_CONN_ID") and isinstance(value, str)
+    }
+
+
+def conn_env_name(conn_id: str) -> str:
+    return f"AIRFLOW_CONN_{conn_id.upper()}"
+
+
+def _depends_on(value: Any) -> dict[str, Any]:
+    if isinstance(value, list):
+        return {name: {"condition": "service_started"} for name in value}
+    return dict(value or {})
+
+
+def merge_service(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Compose's merge of one service: mappings key by key (environment, depends_on, healthcheck),
+    mounts by target path, command/entrypoint replaced, other sequences appended, scalars replaced."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if key == "extends":
+            continue
+        if key in _REPLACED or key not in merged:
+            merged[key] = copy.deepcopy(value)
+        elif key == "environment":
+            merged[key] = {**environment(merged), **environment(override)}
+        elif key == "depends_on":
+            merged[key] = {**_depends_on(merged[key]), **_depends_on(value)}
+        elif key == "volumes":
+            by_target = {
+                entry[2]: item for item, entry in zip(merged[key], volume_entries(merged), strict=True)
+            }
+            for item, entry in zip(value, volume_entries(override), strict=True):
+                by_target[entry[2]] = item
+            merged[key] = list(by_target.values())
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = {**merged[key], **copy.deepcopy(value)}
+        elif isinstance(value, list) and isinstance(merged[key], list):
+            merged[key] = merged[key] + [item for item in value if item not in merged[key]]
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def resolve_extends(
+    service: Mapping[str, Any], doc: Doc, root: Path, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """The service with its ``extends`` applied: the named service of the named file (read on its own,
+    as Compose does) with this service's keys merged over it."""
+    extends = service.get("extends")
+    if extends is None:
+        return dict(service)
+    extends = {"service": extends} if isinstance(extends, str) else extends
+    if "file" in extends:
+        path = root / extends["file"]
+        if not path.is_file():
+            raise FileNotFoundError(f"extends: {extends['file']} does not exist")
+        source = load_compose(path, env)
+    else:
+        source = doc
+    base = services(source).get(extends["service"])
+    if base is None:
+        raise KeyError(f"extends: no service {extends['service']!r} in {extends.get('file', 'this file')}")
+    return merge_service(resolve_extends(base, source, root, env), service)
+
+
+def merge_compose(base: Doc, override: Doc, root: Path, env: Mapping[str, str]) -> Doc:
+    """``docker compose -f base -f override``: top-level mappings merged, services merged one by one."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if key == "services":
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **copy.deepcopy(value)}
+        else:
+            merged[key] = copy.deepcopy(value)
+    all_services = merged.setdefault("services", {})
+    for name, service in services(override).items():
+        service = resolve_extends(service, override, root, env)
+        all_services[name] = merge_service(all_services[name], service) if name in all_services else service
+    return merged
+
+
+def load_celery_compose(env: Mapping[str, str], override_path: Path = CELERY_FILE) -> Doc:
+    return merge_compose(
+        load_compose(COMPOSE_FILE, env), load_compose(override_path, env), override_path.parent, env
+    )
+
+
+def parse_connection(value: str) -> dict[str, Any]:
+    """An AIRFLOW_CONN_* value in JSON form (the URI form is accepted too, as Airflow does)."""
+    if value.lstrip().startswith("{"):
+        return dict(json.loads(value))
+    parts = urlsplit(value)
+    return {
+        "conn_type": parts.scheme.replace("-", "_"),
+        "host": parts.hostname,
+        "port": parts.port,
+        "login": parts.username,
+        "password": parts.password,
+        "schema": parts.path.lstrip("/"),
+    }
+
+
+def _postgres_service(doc: Doc, host: str | None) -> dict[str, str] | None:
+    service = services(doc).get(host or "")
+    if service is None or not str(service.get("image", "")).startswith("postgres"):
+        return None
+    return environment(service)
+
+
+def created_databases(doc: Doc) -> set[str]:
+    """Databases a one-shot service creates with ``CREATE DATABASE $${VAR}`` (VAR from its environment)."""
+    names = set()
+    for service in services(doc).values():
+        script = " ".join(command_words(service))
+        for var in re.findall(r"CREATE DATABASE \"?\$\{?(\w+)\}?", script):
+            if environment(service).get(var):
+                names.add(environment(service)[var])
+    return names
+
+
+def celery_environment_problems(doc: Doc) -> list[str]:
+    """Every Airflow service runs the CeleryExecutor with the same broker, result backend and shared mode."""
+    all_services = services(doc)
+    names = airflow_service_names(doc)
+    if "airflow-scheduler" not in names:
+        return ["no airflow-scheduler service"]
+    reference = environment(all_services["airflow-scheduler"])
+    problems = []
+    for name in names:
+        env = environment(all_services[name])
+        for key, value in reference.items():
+            if env.get(key) != value:
+                problems.append(f"service {name}: environment {key} differs from airflow-scheduler's")
+        if env.get("AIRFLOW__CORE__EXECUTOR") != "CeleryExecutor":
+            problems.append(f"service {name}: AIRFLOW__CORE__EXECUTOR is not CeleryExecutor")
+        if env.get("XAC_DEPLOYMENT") != "shared":
+            problems.append(f"service {name}: XAC_DEPLOYMENT is not shared")
+    broker = urlsplit(reference.get("AIRFLOW__CELERY__BROKER_URL", ""))
+    redis = all_services.get(broker.hostname or "")
+    if broker.scheme != "redis" or redis is None or not str(redis.get("image", "")).startswith("redis:"):
+        problems.append(f"AIRFLOW__CELERY__BROKER_URL {broker.geturl()!r} does not name the redis service")
+    elif (broker.port or 6379) != 6379:
+        problems.append("AIRFLOW__CELERY__BROKER_URL is not on Redis's port 6379")
+    backend = reference.get("AIRFLOW__CELERY__RESULT_BACKEND", "")
+    metadata = urlsplit(reference.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", ""))
+    result = urlsplit(backend.removeprefix("db+"))
+    if not backend.startswith("db+postgresql"):
+        problems.append("AIRFLOW__CELERY__RESULT_BACKEND is not a db+postgresql URL")
+    elif (result.hostname, result.username, result.password, result.path) != (
+        metadata.hostname,
+        metadata.username,
+        metadata.password,
+        metadata.path,
+    ):
+        problems.append("AIRFLOW__CELERY__RESULT_BACKEND is not the metadata database")
+    return problems
+
+
+def connection_problems(doc: Doc, conn_ids: set[str]) -> list[str]:
+    """Every connection the tasks read is defined in every Airflow service's environment, and usable."""
+    problems = []
+    databases = created_databases(doc)
+    for name in airflow_service_names(doc):
+        env = environment(services(doc)[name])
+        for conn_id in sorted(conn_ids):
+            key = conn_env_name(conn_id)
+            if key not in env:
+                problems.append(f"service {name}: no {key}")
+                continue
+            try:
+                conn = parse_connection(env[key])
+            except (ValueError, TypeError) as exc:
+                problems.append(f"service {name}: {key} is not a connection: {exc}")
+                continue
+            if conn_id == "aws_default":
+                if conn.get("conn_type") != "aws":
+                    problems.append(f"service {name}: {key} is not an aws connection")
+            elif conn_id == "xac_cost_store":
+                pg = _postgres_service(doc, conn.get("host"))
+                if conn.get("conn_type") != "postgres" or pg is None:
+                    problems.append(
+                        f"service {name}: {key} is not a postgres connection to a postgres service"
+                    )
+                elif (conn.get("login"), conn.get("password")) != (
+                    pg.get("POSTGRES_USER"),
+                    pg.get("POSTGRES_PASSWORD"),
+                ):
+                    problems.append(f"service {name}: {key} does not use the postgres service's credentials")
+                elif conn.get("schema") not in databases:
+                    problems.append(
+                        f"service {name}: {key} names database {conn.get('schema')!r}, which nothing creates"
+                    )
+            elif not conn.get("password"):
+                problems.append(f"service {name}: {key} has no password (the secret it carries)")
+    return problems
+
+
+def celery_worker_problems(doc: Doc) -> list[str]:
+    """The worker: the common image and mounts, `celery worker`, scalable, no shared XAC_HOME volume."""
+    all_services = services(doc)
+    worker = all_services.get(CELERY_WORKER)
+    if worker is None:
+        return [f"no {CELERY_WORKER} service"]
+    common = doc.get(COMMON) or {}
+    problems = []
+    if command_words(worker)[:2] != ["celery", "worker"]:
+        problems.append(f"{CELERY_WORKER}: command is not `celery worker`")
+    for key in ("image", "build", "user"):
+        if worker.get(key) != common.get(key):
+            problems.append(f"{CELERY_WORKER}: {key} differs from {COMMON}")
+    xac_home = environment(worker).get("XAC_HOME", "")
+    mounts = {target: (kind, source) for kind, source, target in volume_entries(worker)}
+    for kind, source, target in volume_entries(common):
+        if target != xac_home and mounts.get(target) != (kind, source):
+            problems.append(f"{CELERY_WORKER}: lacks the common mount {source or kind} -> {target}")
+    for target, (kind, source) in mounts.items():
+        if target == xac_home or (xac_home and PurePosixPath(xac_home).is_relative_to(target)):
+            if kind == "bind" or (kind == "volume" and source):
+                problems.append(f"{CELERY_WORKER}: XAC_HOME {xac_home} is on the shared {kind} {source}")
+    # --scale airflow-worker=N needs replicas that can coexist.
+    if "container_name" in worker:
+        problems.append(f"{CELERY_WORKER}: container_name prevents --scale")
+    if any(":" in str(port) or isinstance(port, dict) for port in worker.get("ports") or []):
+        problems.append(f"{CELERY_WORKER}: a published host port prevents --scale")
+    broker = urlsplit(environment(worker).get("AIRFLOW__CELERY__BROKER_URL", "")).hostname
+    if _depends_on(worker.get("depends_on")).get(broker or "", {}).get("condition") != "service_healthy":
+        problems.append(f"{CELERY_WORKER}: does not wait for the broker {broker!r} to be healthy")
+    if "inspect ping" not in " ".join((worker.get("healthcheck") or {}).get("test") or []):
+        problems.append(f"{CELERY_WORKER}: no `celery inspect ping` healthcheck")
+    return problems
+
+
+def documented_env_snippet(text: str) -> str:
+    """The shell commands in the override file's header that write the demo secrets into .env."""
+    lines = [line.removeprefix("#") for line in text.splitlines() if line.startswith("#")]
+    start = next(i for i, line in enumerate(lines) if "openssl genpkey" in line)
+    end = next(i for i, line in enumerate(lines) if i > start and ">> .env" in line)
+    return "\n".join(line.removeprefix("   ") for line in lines[start : end + 1])
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Unquoted NAME=value lines, kept literally (as Compose reads them: a ``\\n`` stays two characters)."""
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            values[name.strip()] = value
+    return values
+
+
+@pytest.fixture(scope="module")
+def demo_env() -> dict[str, str]:
+    """What the documented commands put into .env: a fresh Ed25519 pair (one line each) and a salt."""
+    import secrets
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return {
+        "XAC_SIGNING_KEY_PEM": private.replace("\n", "\\n"),
+        "XAC_KEYRING_PEM": public.replace("\n", "\\n"),
+        "XAC_PROVENANCE_SALT": secrets.token_hex(32),
+    }
+
+
+@pytest.fixture(scope="module")
+def celery_doc(demo_env: dict[str, str]) -> Doc:
+    return load_celery_compose(demo_env)
+
+
+@pytest.fixture(scope="module")
+def conn_ids() -> set[str]:
+    ids = product_connection_ids()
+    assert {"aws_default", "xac_signing", "xac_provenance_salt", "xac_keyring", "xac_cost_store"} <= ids
+    return ids
+
+
+# --------------------------------------------------------------------------- the real override
+
+
+def test_celery_override_and_merged_file_match_the_compose_specification(
+    celery_doc: Doc, schema: Doc, demo_env: dict[str, str]
+) -> None:
+    # The override alone (as Compose validates each file) and the merged model.
+    assert schema_problems(load_compose(CELERY_FILE, demo_env), schema) == []
+    assert schema_problems(celery_doc, schema) == []
+    broken = _mutated(celery_doc, lambda d: d["services"]["redis"].update({"expose": "6379"}))
+    assert any(p.startswith("services/redis/expose") for p in schema_problems(broken, schema))
+
+
+def test_celery_variant_leaves_the_default_stack_alone(doc: Doc, celery_doc: Doc) -> None:
+    # The default is still the LocalExecutor stack without Redis or workers.
+    assert environment_problems(doc) == []
+    assert "redis" not in services(doc) and CELERY_WORKER not in services(doc)
+    assert set(services(doc)) < set(services(celery_doc))
+
+
+def test_celery_images_are_pinned_and_paths_exist(celery_doc: Doc, dockerfile_text: str) -> None:
+    assert image_problems(celery_doc, dockerfile_text) == []
+    assert path_problems(celery_doc, REPO_ROOT) == []
+
+
+def test_celery_variant_sets_executor_broker_and_result_backend(celery_doc: Doc) -> None:
+    assert celery_environment_problems(celery_doc) == []
+    # Everything else of the common environment still holds for the merged services (S3, execution
+    # API, metadata DB, ...): the base file's check, run on the worker's environment and mounts.
+    worker = services(celery_doc)[CELERY_WORKER]
+    as_common = {**celery_doc, COMMON: {**celery_doc[COMMON], "environment": worker["environment"]}}
+    problems = environment_problems(as_common)
+    assert problems == ["AIRFLOW__CORE__EXECUTOR='CeleryExecutor': the stack has no Celery/Redis"], problems
+
+
+def test_celery_variant_provides_every_connection_the_tasks_read(celery_doc: Doc, conn_ids: set[str]) -> None:
+    assert connection_problems(celery_doc, conn_ids) == []
+    assert CELERY_WORKER in airflow_service_names(celery_doc)
+
+
+def test_celery_worker_is_scalable_and_keeps_no_shared_state(celery_doc: Doc) -> None:
+    assert celery_worker_problems(celery_doc) == []
+
+
+def test_celery_connections_carry_a_usable_key_pair(celery_doc: Doc) -> None:
+    # The .env values arrive in the connections intact: the private key signs, the keyring trusts it.
+    from include.compliance.keys import keyring_from_pem_text, load_signing_key_pem
+
+    env = environment(services(celery_doc)[CELERY_WORKER])
+    signer = load_signing_key_pem(parse_connection(env["AIRFLOW_CONN_XAC_SIGNING"])["password"])
+    keyring = keyring_from_pem_text(parse_connection(env["AIRFLOW_CONN_XAC_KEYRING"])["password"], source="x")
+    assert keyring.keyids == [signer.public_key.keyid]
+
+
+def test_documented_env_commands_produce_usable_secrets(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None or shutil.which("awk") is None or shutil.which("bash") is None:
+        pytest.skip("openssl, awk or bash is not installed here")
+    from include.compliance.keys import keyring_from_pem_text, load_signing_key_pem
+
+    snippet = documented_env_snippet(CELERY_FILE.read_text(encoding="utf-8"))
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    env = read_dotenv(tmp_path / ".env")
+    assert set(env) == {"XAC_SIGNING_KEY_PEM", "XAC_KEYRING_PEM", "XAC_PROVENANCE_SALT"}
+    worker = environment(services(load_celery_compose(env))[CELERY_WORKER])
+    signer = load_signing_key_pem(parse_connection(worker["AIRFLOW_CONN_XAC_SIGNING"])["password"])
+    keyring = keyring_from_pem_text(
+        parse_connection(worker["AIRFLOW_CONN_XAC_KEYRING"])["password"], source="x"
+    )
+    assert keyring.keyids == [signer.public_key.keyid]
+    assert len(parse_connection(worker["AIRFLOW_CONN_XAC_PROVENANCE_SALT"])["password"]) == 64
+
+
+def test_docker_compose_merges_the_celery_override_the_same_way(
+    celery_doc: Doc, demo_env: dict[str, str], tmp_path: Path
+) -> None:
+    # The real tool's merge (override + extends) against the emulation the checks above run on.
+    command = compose_v2_command()
+    if command is None:
+        pytest.skip("Docker Compose v2 is not installed here")
+    env_file = tmp_path / "celery.env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in demo_env.items()), encoding="utf-8")
+    result = subprocess.run(
+        [
+            *command,
+            "--env-file",
+            str(env_file),
+            "-f",
+            str(COMPOSE_FILE),
+            "-f",
+            str(CELERY_FILE),
+            "config",
+            "--format",
+            "json",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout or "{}")
+    assert set(resolved.get("services") or {}) == set(services(celery_doc)), result.stderr
+    for name, service in services(celery_doc).items():
+        real = resolved["services"][name]
+        assert environment(real) == environment(service), name
+        assert {v["target"]: v["type"] for v in real.get("volumes") or []} == {
+            target: kind for kind, _, target in volume_entries(service)
+        }, name
+        assert set(_depends_on(real.get("depends_on"))) == set(_depends_on(service.get("depends_on"))), name
+    worker = resolved["services"][CELERY_WORKER]
+    assert worker["command"] == ["celery", "worker"]
+
+
+# --------------------------------------------------------------------------- the Celery checks can fail
+
+
+def test_celery_override_requires_its_secrets() -> None:
+    with pytest.raises(ValueError, match="XAC_SIGNING_KEY_PEM"):
+        load_celery_compose({"XAC_KEYRING_PEM": "x", "XAC_PROVENANCE_SALT": "x"})
+
+
+def test_merge_follows_compose_rules(tmp_path: Path) -> None:
+    base = {
+        "image": "a:1",
+        "command": ["x", "y"],
+        "environment": ["A=1", "B=2"],
+        "depends_on": ["db"],
+        "volumes": ["named:/data", "./src:/src"],
+        "healthcheck": {"test": ["CMD", "a"], "retries": 3},
+    }
+    override = {
+        "command": "z",
+        "environment": {"B": "3", "C": "4"},
+        "depends_on": {"q": {"condition": "x"}},
+        "volumes": [{"type": "tmpfs", "target": "/data"}],
+        "healthcheck": {"test": ["CMD", "b"]},
+    }
+    merged = merge_service(base, override)
+    assert merged["command"] == "z"
+    assert merged["environment"] == {"A": "1", "B": "3", "C": "4"}
+    assert set(merged["depends_on"]) == {"db", "q"}
+    assert {target: kind for kind, _, target in volume_entries(merged)} == {"/data": "tmpfs", "/src": "bind"}
+    assert merged["healthcheck"] == {"test": ["CMD", "b"], "retries": 3}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"services": {"s": base}}))
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
+        resolve_extends({"extends": {"file": "missing.yaml", "service": "s"}}, {}, tmp_path, {})
+    with pytest.raises(KeyError, match="nope"):
+        resolve_extends({"extends": {"file": "base.yaml", "service": "nope"}}, {}, tmp_path, {})
+    assert resolve_extends(
+        {"extends": {"file": "base.yaml", "service": "s"}, "command": "w"}, {}, tmp_path, {}
+    )["environment"] == ["A=1", "B=2"]
+
+
+def test_celery_environment_check_rejects_inconsistencies(celery_doc: Doc) -> None:
+    def set_env(service: str, key: str, value: str) -> Doc:
+        return _mutated(celery_doc, lambda d: d["services"][service]["environment"].update({key: value}))
+
+    local = set_env(CELERY_WORKER, "AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+    assert any("airflow-worker: AIRFLOW__CORE__EXECUTOR" in p for p in celery_environment_problems(local))
+    embedded = set_env("airflow-triggerer", "XAC_DEPLOYMENT", "embedded")
+    assert any("airflow-triggerer: XAC_DEPLOYMENT" in p for p in celery_environment_problems(embedded))
+    dropped = _mutated(
+        celery_doc, lambda d: d["services"][CELERY_WORKER]["environment"].pop("XAC_DEPLOYMENT")
+    )
+    assert any(
+        "airflow-worker: environment XAC_DEPLOYMENT" in p for p in celery_environment_problems(dropped)
+    )
+    for service in airflow_service_names(celery_doc):
+        celery_doc_broker = set_env(service, "AIRFLOW__CELERY__BROKER_URL", "redis://nowhere:6379/0")
+        assert celery_environment_problems(celery_doc_broker), service
+    no_redis = _mutated(celery_doc, lambda d: d["services"].pop("redis"))
+    assert any("BROKER_URL" in p for p in celery_environment_problems(no_redis))
+    everywhere = _mutated(
+        celery_doc,
+        lambda d: [
+            d["services"][s]["environment"].update({"AIRFLOW__CELERY__RESULT_BACKEND": "rpc://"})
+            for s in airflow_service_names(d)
+        ],
+    )
+    assert "AIRFLOW__CELERY__RESULT_BACKEND is not a db+postgresql URL" in celery_environment_problems(
+        everywhere
+    )
+    other_db = _mutated(
+        celery_doc,
+        lambda d: [
+            d["services"][s]["environment"].update(
+                {"AIRFLOW__CELERY__RESULT_BACKEND": "db+postgresql://airflow:airflow@postgres/other"}
+            )
+            for s in airflow_service_names(d)
+        ],
+    )
+    assert "AIRFLOW__CELERY__RESULT_BACKEND is not the metadata database" in celery_environment_problems(
+        other_db
+    )
+
+
+def test_connection_check_names_a_missing_or_wrong_connection(celery_doc: Doc, conn_ids: set[str]) -> None:
+    def without(service: str, key: str) -> Doc:
+        return _mutated(celery_doc, lambda d: d["services"][service]["environment"].pop(key))
+
+    for conn_id in sorted(conn_ids):
+        problems = connection_problems(without(CELERY_WORKER, conn_env_name(conn_id)), conn_ids)
+        assert f"service airflow-worker: no {conn_env_name(conn_id)}" in problems
+    # A connection the product starts reading is required too.
+    assert "service airflow-worker: no AIRFLOW_CONN_XAC_NEW" in connection_problems(
+        celery_doc, {*conn_ids, "xac_new"}
+    )
+
+    def set_conn(conn_id: str, value: str) -> Doc:
+        key = conn_env_name(conn_id)
+        return _mutated(
+            celery_doc, lambda d: d["services"]["airflow-apiserver"]["environment"].update({key: value})
+        )
+
+    assert any(
+        "not a connection" in p for p in connection_problems(set_conn("xac_signing", "{broken"), conn_ids)
+    )
+    empty = set_conn("xac_provenance_salt", '{"conn_type": "generic", "password": ""}')
+    assert any(
+        "AIRFLOW_CONN_XAC_PROVENANCE_SALT has no password" in p for p in connection_problems(empty, conn_ids)
+    )
+    not_aws = set_conn("aws_default", '{"conn_type": "generic"}')
+    assert any("not an aws connection" in p for p in connection_problems(not_aws, conn_ids))
+    elsewhere = set_conn("xac_cost_store", "postgres://airflow:airflow@db.example.com:5432/xac_costs")
+    assert any("postgres service" in p for p in connection_problems(elsewhere, conn_ids))
+    wrong_pw = set_conn("xac_cost_store", "postgres://airflow:nope@postgres:5432/xac_costs")
+    assert any("credentials" in p for p in connection_problems(wrong_pw, conn_ids))
+    no_db = set_conn("xac_cost_store", "postgres://airflow:airflow@postgres:5432/never_created")
+    assert any("never_created" in p for p in connection_problems(no_db, conn_ids))
+
+
+def test_worker_check_rejects_shared_state_and_unscalable_workers(celery_doc: Doc) -> None:
+    def change_worker(change: Callable[[dict[str, Any]], None]) -> list[str]:
+        return celery_worker_problems(_mutated(celery_doc, lambda d: change(d["services"][CELERY_WORKER])))
+
+    def mount(volume: str) -> Callable[[dict[str, Any]], None]:
+        def change(worker: dict[str, Any]) -> None:
+            worker["volumes"] = [v for v in worker["volumes"] if not isinstance(v, dict)] + [volume]
+
+        return change
+
+    shared = change_worker(mount("xac-home:/opt/airflow/xac"))
+    assert any("XAC_HOME /opt/airflow/xac is on the shared volume xac-home" in p for p in shared), shared
+    bound = change_worker(mount("./.xac:/opt/airflow/xac"))
+    assert any("is on the shared bind ./.xac" in p for p in bound), bound
+    parent = change_worker(mount("state:/opt/airflow"))
+    assert any("shared volume state" in p for p in parent), parent
+    assert change_worker(mount("/opt/airflow/xac")) == []  # an anonymous volume is the worker's own
+    assert any("command" in p for p in change_worker(lambda w: w.update({"command": "scheduler"})))
+    assert any("image" in p for p in change_worker(lambda w: w.update({"image": "apache/airflow:3.3.2"})))
+    assert any("container_name" in p for p in change_worker(lambda w: w.update({"container_name": "w"})))
+    assert any("host port" in p for p in change_worker(lambda w: w.update({"ports": ["8793:8793"]})))
+    assert any("broker" in p for p in change_worker(lambda w: w["depends_on"].pop("redis")))
+    assert any(
+        "healthcheck" in p for p in change_worker(lambda w: w.update({"healthcheck": {"test": ["NONE"]}}))
+    )
+    lost = change_worker(lambda w: w.update({"volumes": [v for v in w["volumes"] if "./dags" not in str(v)]}))
+    assert any("lacks the common mount ./dags" in p for p in lost), lost
+    assert celery_worker_problems(_mutated(celery_doc, lambda d: d["services"].pop(CELERY_WORKER))) == [
+        "no airflow-worker service"
+    ]

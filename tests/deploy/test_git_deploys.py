@@ -11,10 +11,16 @@ Both ways a merge becomes a deploy:
    (the vendored subset in data/, see its README), and the DAG folder works from git-sync's on-disk layout
    (``<root>/repo`` → a worktree per commit, swapped atomically, ``include/`` on PYTHONPATH from the
    checkout), parsed by Airflow's DagBag as the DAG processor does.
+   2b. Both Helm variants, ``values.yaml`` (CeleryExecutor) and ``values.yaml`` +
+   ``values-kubernetes-executor.yaml`` merged as Helm merges them, validate against that schema (and use
+   no top-level key it does not cover), set up their executor (broker, result backend, workers without a
+   volume of their own), get every connection the tasks read from a Kubernetes Secret, and are shared
+   deployments: XAC_DEPLOYMENT=shared, explainer pods on the cluster, task logs in S3, no shared XAC_HOME.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -24,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
@@ -244,6 +250,324 @@ def test_dag_folder_works_from_the_git_sync_layout(tmp_path: Path) -> None:
     invalid = parsed["dags"]["xac-invalid-broken-explainer"]
     assert invalid["description"].startswith("INVALID CONFIG broken-explainer.yaml")
     assert "spec.explainerConfig.numSamples" in invalid["doc_md"]
+
+
+# --------------------------------------------------------------------------- 2b. Helm: a shared deployment
+#
+# values.yaml deploys on the CeleryExecutor; values-kubernetes-executor.yaml overrides what differs for
+# the KubernetesExecutor (`-f values.yaml -f values-kubernetes-executor.yaml`). Both variants are held
+# to what a deployment whose tasks run on several machines needs. Each check returns problems and is
+# fed broken copies below, as in test_compose.py.
+
+VALUES_K8S = REPO_ROOT / "deploy" / "helm" / "values-kubernetes-executor.yaml"
+CONNECTION_SECRET_KEY = "connection"  # the key each connection Secret holds
+
+
+def helm_merge(base: Any, override: Any) -> Any:
+    """Helm's merge of values files: mappings merged key by key, the later file wins, null removes a key."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return override
+    merged = dict(base)
+    for key, value in override.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = helm_merge(merged.get(key), value)
+    return merged
+
+
+def load_values(*paths: Path) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for path in paths:
+        values = helm_merge(values, yaml.safe_load(path.read_text()) or {})
+    return values
+
+
+def variants() -> dict[str, dict[str, Any]]:
+    return {"celery": load_values(VALUES), "kubernetes": load_values(VALUES, VALUES_K8S)}
+
+
+def product_connection_ids() -> set[str]:
+    """Every Airflow connection the tasks read: the ``*_CONN_ID`` constants of
+    include.adapters.connections."""
+    from include.adapters import connections
+
+    return {
+        value
+        for name, value in vars(connections).items()
+        if name.endswith("_CONN_ID") and isinstance(value, str)
+    }
+
+
+def chart_schema_problems(values: dict[str, Any]) -> list[str]:
+    """The chart's own validation (values.schema.json, vendored subset), plus: every top-level key is
+    one the subset covers. The chart's root accepts unknown keys silently, so a misspelt `worker:`
+    would deploy the defaults; here it is refused (vendor the key's schema to use a new one)."""
+    errors = sorted(_chart_validator().iter_errors(values), key=lambda e: list(e.absolute_path))
+    problems = [f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors]
+    covered = json.loads(CHART_SCHEMA.read_text())["properties"]
+    problems += [f"{key}: not a key of the vendored chart schema" for key in values if key not in covered]
+    return problems
+
+
+def env_values(values: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item.get("value", "") for item in values.get("env") or []}
+
+
+def secret_envs(values: dict[str, Any]) -> dict[str, dict[str, str]]:
+    return {item["envName"]: item for item in values.get("secret") or []}
+
+
+def helm_connection_problems(values: dict[str, Any], conn_ids: set[str]) -> list[str]:
+    """Every connection the tasks read reaches every Airflow container as AIRFLOW_CONN_<ID> from a
+    Kubernetes Secret (the `secret` list), never as a value written into the values file."""
+    problems = []
+    env, secrets = env_values(values), secret_envs(values)
+    for conn_id in sorted(conn_ids):
+        name = f"AIRFLOW_CONN_{conn_id.upper()}"
+        if name in env:
+            problems.append(f"{name} is a plain `env` value: connections carry secrets, use `secret`")
+        entry = secrets.get(name)
+        if entry is None:
+            problems.append(f"connection {conn_id}: no `secret` entry with envName {name}")
+        elif not entry.get("secretName") or entry.get("secretKey") != CONNECTION_SECRET_KEY:
+            problems.append(
+                f"connection {conn_id}: {name} must name a Secret and its key {CONNECTION_SECRET_KEY!r}"
+            )
+    for name in set(env) & set(secrets):
+        problems.append(f"{name} is set both in `env` and in `secret`")
+    return problems
+
+
+def helm_executor_problems(values: dict[str, Any]) -> list[str]:
+    """Celery: explicit executor, 2+ workers without a volume of their own, the chart's Redis as broker,
+    the metadata PostgreSQL (external, from a Secret) as result backend. KubernetesExecutor: no Celery."""
+    executor = values.get("executor")
+    data = values.get("data") or {}
+    redis = values.get("redis") or {}
+    workers = values.get("workers") or {}
+    problems = []
+    if not data.get("metadataSecretName"):
+        problems.append("data.metadataSecretName: the metadata DB must come from a Secret")
+    if (values.get("postgresql") or {}).get("enabled", True):
+        problems.append("postgresql.enabled: the chart's demo PostgreSQL is on (use an external database)")
+    if executor == "CeleryExecutor":
+        if workers.get("replicas", 1) < 2:
+            problems.append("workers.replicas: a shared deployment runs at least 2 workers")
+        if (workers.get("persistence") or {}).get("enabled", True):
+            problems.append("workers.persistence.enabled: workers keep nothing on a volume of their own")
+        if not redis.get("enabled", True):
+            problems.append("redis.enabled: the CeleryExecutor needs the broker")
+        if not data.get("brokerUrlSecretName"):
+            problems.append("data.brokerUrlSecretName: the broker URL must come from a Secret")
+        if redis.get("passwordSecretName") is None:
+            problems.append("redis.passwordSecretName: a generated Redis password changes on upgrade")
+        if not data.get("resultBackendSecretName"):
+            problems.append("data.resultBackendSecretName: the result backend must be set (the metadata DB)")
+    elif executor == "KubernetesExecutor":
+        if redis.get("enabled", True):
+            problems.append("redis.enabled: the KubernetesExecutor has no broker")
+        for key in ("brokerUrlSecretName", "resultBackendSecretName"):
+            if data.get(key):
+                problems.append(f"data.{key}: no Celery, no such Secret")
+    else:
+        problems.append(f"executor {executor!r}: expected CeleryExecutor or KubernetesExecutor")
+    return problems
+
+
+def helm_shared_problems(values: dict[str, Any]) -> list[str]:
+    """A shared deployment: said explicitly (task pods run with LocalExecutor in their environment),
+    explainer pods on the cluster, task logs in S3, no shared XAC_HOME."""
+    from include.k8s import ClusterProfileError, load_cluster_profile
+
+    env = env_values(values)
+    problems = []
+    if env.get("XAC_DEPLOYMENT") != "shared":
+        problems.append("env XAC_DEPLOYMENT is not shared")
+    if env.get("XAC_EXPLAIN_BACKEND") != "kubernetes":
+        problems.append("env XAC_EXPLAIN_BACKEND is not kubernetes")
+    try:
+        profile = load_cluster_profile(env.get("XAC_CLUSTER_PROFILE", "default")).profile
+    except ClusterProfileError as exc:  # the profile's own errors, with file and field
+        problems.append(f"env XAC_CLUSTER_PROFILE: {exc}")
+    else:
+        conn = f"AIRFLOW_CONN_{(profile.spec.kubernetesConnId or 'kubernetes_default').upper()}"
+        if conn not in env and conn not in secret_envs(values):
+            problems.append(f"{conn}: the explainer pods' cluster connection is not provided")
+    logging = (values.get("config") or {}).get("logging") or {}
+    if str(logging.get("remote_logging", "")).lower() != "true":
+        problems.append("config.logging.remote_logging is off: a task's log would stay on its worker")
+    if not str(logging.get("remote_base_log_folder", "")).startswith("s3://"):
+        problems.append("config.logging.remote_base_log_folder is not an s3:// folder")
+    log_conn = logging.get("remote_log_conn_id", "")
+    if f"AIRFLOW_CONN_{str(log_conn).upper()}" not in secret_envs(values):
+        problems.append(f"config.logging.remote_log_conn_id {log_conn!r} is not a connection from a Secret")
+    if (values.get("logs") or {}).get("persistence", {}).get("enabled"):
+        problems.append("logs.persistence.enabled: task logs go to S3, not to a shared volume")
+    shared = [
+        values.get("dags", {}).get("mountPath") or "/opt/airflow/dags",
+        "/opt/airflow/logs",
+    ]
+    xac_home = env.get("XAC_HOME")
+    if xac_home and any(PurePosixPath(xac_home).is_relative_to(folder) for folder in shared):
+        problems.append(f"env XAC_HOME {xac_home} is on a volume the pods share")
+    return problems
+
+
+@pytest.mark.parametrize("variant", ["celery", "kubernetes"])
+def test_helm_variant_validates_against_the_chart_schema(variant: str) -> None:
+    assert chart_schema_problems(variants()[variant]) == []
+
+
+@pytest.mark.parametrize("variant", ["celery", "kubernetes"])
+def test_helm_variant_provides_every_connection_the_tasks_read(variant: str) -> None:
+    conn_ids = product_connection_ids()
+    assert {"aws_default", "xac_signing", "xac_provenance_salt", "xac_keyring", "xac_cost_store"} <= conn_ids
+    assert helm_connection_problems(variants()[variant], conn_ids) == []
+
+
+@pytest.mark.parametrize("variant", ["celery", "kubernetes"])
+def test_helm_variant_sets_up_its_executor(variant: str) -> None:
+    values = variants()[variant]
+    assert values["executor"] == {"celery": "CeleryExecutor", "kubernetes": "KubernetesExecutor"}[variant]
+    assert helm_executor_problems(values) == []
+
+
+@pytest.mark.parametrize("variant", ["celery", "kubernetes"])
+def test_helm_variant_is_a_shared_deployment(variant: str) -> None:
+    assert helm_shared_problems(variants()[variant]) == []
+
+
+def test_kubernetes_executor_file_only_overrides_what_differs() -> None:
+    celery, kubernetes = variants()["celery"], variants()["kubernetes"]
+    # git-sync, the image, env and the connection Secrets come from values.yaml unchanged.
+    for key in ("dags", "env", "secret", "defaultAirflowRepository", "defaultAirflowTag", "config"):
+        assert kubernetes[key] == celery[key], key
+    assert set(yaml.safe_load(VALUES_K8S.read_text())) <= {
+        "executor",
+        "redis",
+        "data",
+        "podTemplate",
+        "workers",
+    }
+
+
+# --------------------------------------------------------------------------- 2b. the checks can fail
+
+
+def _changed(values: dict[str, Any], change: Any) -> dict[str, Any]:
+    broken = copy.deepcopy(values)
+    change(broken)
+    return broken
+
+
+def test_helm_merge_follows_helm_rules() -> None:
+    base = {"a": {"b": 1, "c": 2}, "d": [1, 2], "e": "x"}
+    assert helm_merge(base, {"a": {"b": 3, "c": None}, "d": [3], "f": None}) == {
+        "a": {"b": 3},
+        "d": [3],
+        "e": "x",
+    }
+
+
+def test_chart_schema_check_rejects_typos_and_uncovered_keys() -> None:
+    celery = variants()["celery"]
+    assert any(
+        "worker: not a key" in p
+        for p in chart_schema_problems(_changed(celery, lambda v: v.update(worker={})))
+    )
+    typo = _changed(celery, lambda v: v["workers"].update(replica=2))
+    assert any(p.startswith("workers:") and "replica" in p for p in chart_schema_problems(typo))
+    wrong_type = _changed(celery, lambda v: v["workers"].update(replicas="2"))
+    assert any(p.startswith("workers.replicas") for p in chart_schema_problems(wrong_type))
+    no_key = _changed(celery, lambda v: v["secret"].append({"envName": "X"}))
+    assert any("secretName" in p for p in chart_schema_problems(no_key))
+    bad_executor = _changed(celery, lambda v: v.update(executor="celery"))
+    assert any(p.startswith("executor") for p in chart_schema_problems(bad_executor))
+    value_from = _changed(celery, lambda v: v["env"].append({"name": "X", "valueFrom": {}}))
+    assert any(p.startswith("env.") for p in chart_schema_problems(value_from))
+
+
+def test_helm_connection_check_names_what_is_missing() -> None:
+    celery, conn_ids = variants()["celery"], product_connection_ids()
+    for conn_id in sorted(conn_ids):
+        name = f"AIRFLOW_CONN_{conn_id.upper()}"
+        dropped = _changed(
+            celery, lambda v, n=name: v.update(secret=[s for s in v["secret"] if s["envName"] != n])
+        )
+        assert f"connection {conn_id}: no `secret` entry with envName {name}" in helm_connection_problems(
+            dropped, conn_ids
+        )
+    assert any("xac_new" in p for p in helm_connection_problems(celery, {*conn_ids, "xac_new"}))
+    plain = _changed(celery, lambda v: v["env"].append({"name": "AIRFLOW_CONN_XAC_SIGNING", "value": "{}"}))
+    assert any("plain `env` value" in p for p in helm_connection_problems(plain, conn_ids))
+    keyless = _changed(celery, lambda v: v["secret"][0].pop("secretKey"))
+    assert any("its key" in p for p in helm_connection_problems(keyless, conn_ids))
+
+
+def test_helm_executor_check_rejects_a_half_configured_executor() -> None:
+    celery, kubernetes = variants()["celery"], variants()["kubernetes"]
+
+    def problems(values: dict[str, Any], change: Any) -> list[str]:
+        return helm_executor_problems(_changed(values, change))
+
+    assert any("workers.replicas" in p for p in problems(celery, lambda v: v["workers"].update(replicas=1)))
+    assert any("persistence" in p for p in problems(celery, lambda v: v["workers"].pop("persistence")))
+    assert any("redis.enabled" in p for p in problems(celery, lambda v: v["redis"].update(enabled=False)))
+    assert any(
+        "brokerUrlSecretName" in p for p in problems(celery, lambda v: v["data"].pop("brokerUrlSecretName"))
+    )
+    assert any(
+        "resultBackend" in p for p in problems(celery, lambda v: v["data"].pop("resultBackendSecretName"))
+    )
+    assert any(
+        "passwordSecretName" in p for p in problems(celery, lambda v: v["redis"].pop("passwordSecretName"))
+    )
+    assert any(
+        "metadataSecretName" in p for p in problems(celery, lambda v: v["data"].pop("metadataSecretName"))
+    )
+    assert any("postgresql" in p for p in problems(celery, lambda v: v.pop("postgresql")))
+    assert any("no broker" in p for p in problems(kubernetes, lambda v: v["redis"].update(enabled=True)))
+    assert any(
+        "no Celery" in p for p in problems(kubernetes, lambda v: v["data"].update(brokerUrlSecretName="x"))
+    )
+    assert any("expected" in p for p in problems(celery, lambda v: v.update(executor="LocalExecutor")))
+
+
+def test_helm_shared_check_rejects_local_state_and_embedded_mode() -> None:
+    celery = variants()["celery"]
+
+    def set_env(name: str, value: str | None) -> dict[str, Any]:
+        def change(values: dict[str, Any]) -> None:
+            values["env"] = [e for e in values["env"] if e["name"] != name]
+            if value is not None:
+                values["env"].append({"name": name, "value": value})
+
+        return _changed(celery, change)
+
+    assert "env XAC_DEPLOYMENT is not shared" in helm_shared_problems(set_env("XAC_DEPLOYMENT", None))
+    assert "env XAC_EXPLAIN_BACKEND is not kubernetes" in helm_shared_problems(
+        set_env("XAC_EXPLAIN_BACKEND", "local")
+    )
+    assert any(
+        "no cluster profile" in p for p in helm_shared_problems(set_env("XAC_CLUSTER_PROFILE", "nope"))
+    )
+    assert any(
+        "cluster connection" in p
+        for p in helm_shared_problems(set_env("AIRFLOW_CONN_KUBERNETES_DEFAULT", None))
+    )
+    assert any(
+        "is on a volume" in p for p in helm_shared_problems(set_env("XAC_HOME", "/opt/airflow/logs/xac"))
+    )
+    assert helm_shared_problems(set_env("XAC_HOME", "/tmp/xac")) == []
+    logs_off = _changed(celery, lambda v: v["config"]["logging"].update(remote_logging="False"))
+    assert any("remote_logging is off" in p for p in helm_shared_problems(logs_off))
+    local_folder = _changed(celery, lambda v: v["config"]["logging"].update(remote_base_log_folder="/logs"))
+    assert any("s3://" in p for p in helm_shared_problems(local_folder))
+    other_conn = _changed(celery, lambda v: v["config"]["logging"].update(remote_log_conn_id="s3_logs"))
+    assert any("'s3_logs'" in p for p in helm_shared_problems(other_conn))
+    log_volume = _changed(celery, lambda v: v["logs"]["persistence"].update(enabled=True))
+    assert any("logs.persistence" in p for p in helm_shared_problems(log_volume))
 
 
 # --------------------------------------------------------------------------- 1. GitDagBundle

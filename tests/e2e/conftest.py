@@ -2,7 +2,9 @@
 
 The stack (scripts/airflow_stack.py) runs the api-server, scheduler, dag-processor and triggerer as
 child processes with their own AIRFLOW_HOME under the session's XAC_HOME and their own metadata DB, so
-they never share state with the Airflow that other tests use in-process.
+they never share state with the Airflow that other tests use in-process. ``celery_stack`` adds two
+Celery workers (CeleryExecutor, Redis broker, PostgreSQL only), each standing in for a machine of its own.
+``dag_runs`` triggers and follows a DAG's runs over the REST API.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -74,6 +77,163 @@ def metadata_db(stack_module: ModuleType) -> Iterator[tuple[str, str]]:
         yield "postgresql", url
     finally:
         stack_module.drop_postgres_database(name)
+
+
+@pytest.fixture(scope="module")
+def celery_stack(stack_module: ModuleType, s3_endpoint: str, prepared: None) -> Iterator[Any]:
+    """A stack with the CeleryExecutor and two workers (``worker-a``, ``worker-b``), its own metadata DB.
+
+    Each worker has its own XAC_HOME (empty: the sample data, models and key are only in the session's
+    XAC_HOME, which the other components use), working directory, TMPDIR, host name and queue; the
+    stack's cluster policy routes the stages of the explainability DAGs to them alternately.
+    """
+    if os.environ.get("XAC_TEST_METADATA_DB", "postgres") != "postgres":
+        pytest.skip("XAC_TEST_METADATA_DB forces SQLite; the Celery stack needs PostgreSQL")
+    if not stack_module.postgres_answers():
+        pytest.skip(
+            f"no PostgreSQL answers on {stack_module.PG_HOST}:{stack_module.PG_PORT}: the Celery stack "
+            "needs it (metadata DB and Celery result backend)"
+        )
+    if not stack_module.redis_answers(stack_module.DEFAULT_BROKER_URL):
+        pytest.skip(f"no Redis answers at {stack_module.DEFAULT_BROKER_URL}: the Celery stack's broker")
+    from include.paths import xac_home
+
+    name = f"xac_e2e_celery_{os.getpid()}"
+    url = stack_module.create_postgres_database(name, fresh=True)
+    try:
+        stack = stack_module.start(
+            db_url=url,
+            home=xac_home() / "airflow-stack-celery",
+            executor="celery",
+            workers=2,
+            timeout=240.0,
+            extra_env=_shared_services(xac_home() / "shared-services"),
+        )
+        roots = {process.pid for process in stack.processes.values()}
+        try:
+            yield stack
+        finally:
+            stack_module.stop(stack)
+        # Nothing left behind: no component, Celery worker, pool process or task process.
+        assert stack_module.stack_processes(stack.stack_id, roots) == {}
+        assert stack.health() is None
+    finally:
+        stack_module.drop_postgres_database(name)
+
+
+MODEL_STORE = "s3://xac-models/team-models"
+
+
+def _shared_services(folder: Path) -> dict[str, str]:
+    """What a team's workers share besides Airflow's own services: the feature store and the model
+    store. The feature store is the samples' Feast repository applied in the session's XAC_HOME, seen
+    through a repository whose registry and online store are named by absolute paths (a stand-in for
+    a team's registry service and data lake: no worker's XAC_HOME holds it). The model store is S3:
+    the sample models are pushed there, as a team's CI would with ``xac models push``."""
+    import shutil
+
+    from examples.models import train_sample_models
+    from include.compliance import ensure_bucket, parse_s3_uri
+    from include.paths import xac_home
+    from include.provenance.feature_data import FEATURE_REPO_DIR
+    from include.storage import s3_client
+
+    repo = folder / "feature_repo"
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(FEATURE_REPO_DIR, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    store_yaml = repo / "feature_store.yaml"
+    store_yaml.write_text(store_yaml.read_text().replace("${XAC_HOME}", str(xac_home())))
+    os.environ["XAC_MODEL_STORE"] = MODEL_STORE
+    try:
+        from include.explainers.model_store import push_model
+
+        client = s3_client()
+        ensure_bucket(client, parse_s3_uri(MODEL_STORE + "/")[0])
+        for path in train_sample_models().values():  # already trained: returns the stored versions
+            push_model(path.parent.parent.name, path.parent.name, client)
+    finally:
+        del os.environ["XAC_MODEL_STORE"]
+    return {"XAC_FEATURE_REPO": str(repo), "XAC_MODEL_STORE": MODEL_STORE}
+
+
+class DagRuns:
+    """One DAG's runs on a stack, over the REST API as a client would: trigger, follow, explain failures."""
+
+    def __init__(self, stack: Any, dag_id: str) -> None:
+        self.stack = stack
+        self.dag_id = dag_id
+
+    def unpause(self) -> None:
+        response = self.stack.api("PATCH", f"/api/v2/dags/{self.dag_id}", json={"is_paused": False})
+        assert response.status_code == 200 and response.json()["is_paused"] is False, response.text
+
+    def trigger(self, conf: dict[str, Any]) -> Any:
+        """POST a new run with ``conf``; the httpx response (the caller checks it)."""
+        return self.stack.api(
+            "POST", f"/api/v2/dags/{self.dag_id}/dagRuns", json={"logical_date": None, "conf": conf}
+        )
+
+    def count(self) -> int:
+        response = self.stack.api("GET", f"/api/v2/dags/{self.dag_id}/dagRuns", params={"limit": 1})
+        assert response.status_code == 200, response.text
+        return int(response.json()["total_entries"])
+
+    def task_instances(self, run_id: str) -> list[dict[str, Any]]:
+        """Every task instance of the run, mapped ones included (one per map index)."""
+        response = self.stack.api(
+            "GET", f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}
+        )
+        assert response.status_code == 200, response.text
+        return list(response.json()["task_instances"])
+
+    def failure_report(self, run_id: str) -> str:
+        """Task states and the tail of each failed task's log, so a red run says why."""
+        base = f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances"
+        tis = self.task_instances(run_id)
+        lines = [
+            f"{ti['task_id']}{_map_suffix(ti)}: {ti['state']}"
+            + (f" on {ti['hostname']}" if ti.get("hostname") else "")
+            for ti in tis
+        ]
+        for ti in tis:
+            if ti["state"] in ("failed", "upstream_failed", "up_for_retry"):
+                params: dict[str, Any] = {"full_content": True}
+                if ti.get("map_index", -1) >= 0:
+                    params["map_index"] = ti["map_index"]
+                log = self.stack.api(
+                    "GET", f"{base}/{ti['task_id']}/logs/{max(ti['try_number'], 1)}", params=params
+                )
+                lines.append(f"--- log of {ti['task_id']}{_map_suffix(ti)}:\n{log.text[-4000:]}")
+        for component in ("scheduler", *(w.name for w in getattr(self.stack, "workers", ()))):
+            lines.append(f"--- {component} log:\n{self.stack.log_tail(component, 30)}")
+        return "\n".join(lines)
+
+    def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
+        """The run once it is in a final state (success or failed); fails the test after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.stack.api("GET", f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}")
+            assert response.status_code == 200, response.text
+            run = response.json()
+            if run["state"] in ("success", "failed"):
+                return dict(run)
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"run {run_id} still {run['state']} after {timeout:.0f}s\n{self.failure_report(run_id)}"
+                )
+            if self.stack.dead_components():
+                pytest.fail(f"components died: {self.stack.dead_components()}\n{self.failure_report(run_id)}")
+            time.sleep(1.0)
+
+
+def _map_suffix(ti: dict[str, Any]) -> str:
+    return f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else ""
+
+
+@pytest.fixture
+def dag_runs() -> type[DagRuns]:
+    """``dag_runs(stack, dag_id)``: the e2e tests' REST helpers (a test module cannot import conftest)."""
+    return DagRuns
 
 
 @pytest.fixture(scope="module")

@@ -42,50 +42,6 @@ def _two_patient_ids() -> list[str]:
     return [str(ids[3]), str(ids[42])]
 
 
-def _trigger(stack: Any, conf: dict[str, Any]) -> Any:
-    return stack.api("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})
-
-
-def _run_count(stack: Any) -> int:
-    response = stack.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns", params={"limit": 1})
-    assert response.status_code == 200, response.text
-    return int(response.json()["total_entries"])
-
-
-def _failure_report(stack: Any, run_id: str) -> str:
-    """Task states and the tail of each failed task's log, so a red run says why."""
-    base = f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances"
-    tis = stack.api("GET", base).json().get("task_instances", [])
-    lines = [f"{ti['task_id']}: {ti['state']}" for ti in tis]
-    for ti in tis:
-        if ti["state"] in ("failed", "upstream_failed", "up_for_retry"):
-            log = stack.api(
-                "GET",
-                f"{base}/{ti['task_id']}/logs/{max(ti['try_number'], 1)}",
-                params={"full_content": True},
-            )
-            lines.append(f"--- log of {ti['task_id']}:\n{log.text[-4000:]}")
-    lines.append(f"--- scheduler log:\n{stack.log_tail('scheduler', 30)}")
-    return "\n".join(lines)
-
-
-def _wait_for_run(stack: Any, run_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        response = stack.api("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}")
-        assert response.status_code == 200, response.text
-        run = response.json()
-        if run["state"] in ("success", "failed"):
-            return dict(run)
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"run {run_id} still {run['state']} after {timeout:.0f}s\n{_failure_report(stack, run_id)}"
-            )
-        if stack.dead_components():
-            pytest.fail(f"components died: {stack.dead_components()}\n{_failure_report(stack, run_id)}")
-        time.sleep(1.0)
-
-
 # A component (root, own session) with: a child; an orphan whose parent exited (re-parented to init) and
 # whose environment lacks the marker (found only by its session); an orphan that started its own session
 # (found only by the marker).
@@ -175,33 +131,38 @@ def test_rest_api_needs_a_login(airflow_stack: Any) -> None:
         "version-path",
     ],
 )
-def test_invalid_conf_is_refused_by_the_rest_api(airflow_stack: Any, conf: dict[str, Any]) -> None:
-    before = _run_count(airflow_stack)
-    response = _trigger(airflow_stack, conf)
+def test_invalid_conf_is_refused_by_the_rest_api(
+    airflow_stack: Any, dag_runs: Any, conf: dict[str, Any]
+) -> None:
+    runs = dag_runs(airflow_stack, DAG_ID)
+    before = runs.count()
+    response = runs.trigger(conf)
     assert 400 <= response.status_code < 500, response.text
-    assert _run_count(airflow_stack) == before, "a refused conf must not create a run"
+    assert runs.count() == before, "a refused conf must not create a run"
 
 
-def test_rest_triggered_run_publishes_one_verified_bundle(airflow_stack: Any, tmp_path: Path) -> None:
+def test_rest_triggered_run_publishes_one_verified_bundle(
+    airflow_stack: Any, dag_runs: Any, tmp_path: Path
+) -> None:
     from include.compliance import download_bundle, list_bundles, verify_bundle
     from include.configuration import load_config
     from include.configuration.layout import explanation_file_name, model_listing_prefix
     from include.storage import default_public_key_path, s3_client
 
     ids = _two_patient_ids()
-    unpaused = airflow_stack.api("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
-    assert unpaused.status_code == 200 and unpaused.json()["is_paused"] is False, unpaused.text
+    runs = dag_runs(airflow_stack, DAG_ID)
+    runs.unpause()
 
     triggered_at = time.perf_counter()
-    response = _trigger(airflow_stack, {"inference_ids": ids, "sample_budget": SAMPLE_BUDGET})
+    response = runs.trigger({"inference_ids": ids, "sample_budget": SAMPLE_BUDGET})
     assert response.status_code == 200, response.text
     run_id = response.json()["dag_run_id"]
     assert response.json()["conf"] == {"inference_ids": ids, "sample_budget": SAMPLE_BUDGET}
 
-    run = _wait_for_run(airflow_stack, run_id, RUN_TIMEOUT_S)
+    run = runs.wait(run_id, RUN_TIMEOUT_S)
     run_seconds = time.perf_counter() - triggered_at
     _record_timings(airflow_stack, run, run_seconds)
-    assert run["state"] == "success", _failure_report(airflow_stack, run_id)
+    assert run["state"] == "success", runs.failure_report(run_id)
 
     loaded = load_config(REPO_ROOT / "include" / "configs" / "explainers" / f"{DAG_ID}.yaml")
     config = loaded.config

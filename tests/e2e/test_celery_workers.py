@@ -1,0 +1,179 @@
+"""Two Celery workers standing in for two machines: a run's stages must not share a local disk.
+
+The ``celery_stack`` fixture runs Airflow with the CeleryExecutor (Redis broker, PostgreSQL metadata DB and
+result backend) and two workers, ``worker-a`` and ``worker-b``, each with its own XAC_HOME (empty: nothing
+is copied there), working directory, TMPDIR, host name and queue; the feature store and the model store are
+shared services (``_shared_services`` in conftest.py). The stack's cluster policy routes the
+stages of ``diagnosis-risk-kernelshap`` alternately (``CELERY_ROUTES`` in scripts/airflow_stack.py), so a
+stage that reads what the previous one left on its local disk fails here. The test triggers three runs at
+once over the REST API and checks: where every task ran, that every run succeeded, that each published one
+verified bundle, and that neither worker keeps a run workspace. Timings go to ``$XAC_HOME/e2e_celery.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DAG_ID = "diagnosis-risk-kernelshap"
+CONCURRENT_RUNS = 3
+SAMPLE_BUDGET = 100
+RUN_TIMEOUT_S = 420.0
+RESULTS = Path(os.environ.get("XAC_HOME", "/tmp")) / "e2e_celery.json"
+
+
+def _patient_ids() -> list[str]:
+    from examples.datasets import tabular_frame
+
+    ids = tabular_frame()["patient_id"].tolist()
+    return [str(ids[5]), str(ids[17])]
+
+
+def _expected_hosts(stack_module: Any, stack: Any) -> dict[str, str]:
+    """{task_id: host name of the worker the stack's policy routes it to}."""
+    host_of_queue = {worker.queue: worker.hostname for worker in stack.workers}
+    return {task_id: host_of_queue[queue] for task_id, queue in stack_module.celery_routes().items()}
+
+
+def test_both_workers_are_registered(celery_stack: Any) -> None:
+    workers = celery_stack.workers
+    assert [w.name for w in workers] == ["worker-a", "worker-b"]
+    # Each answers under its own node name and consumes its own queue only.
+    assert celery_stack.celery_active_queues() == {w.celery_hostname: [w.queue] for w in workers}
+    # Two machines: nothing of their local state is shared, with each other or with the other components.
+    session_home = Path(os.environ["XAC_HOME"]).resolve()
+    homes = {w.xac_home.resolve() for w in workers}
+    assert len(homes) == 2 and session_home not in homes
+    assert len({w.tmpdir for w in workers}) == 2 and len({w.hostname for w in workers}) == 2
+    for worker in workers:
+        env = worker.environment(celery_stack.env)
+        assert env["XAC_HOME"] == str(worker.xac_home) and env["TMPDIR"] == str(worker.tmpdir)
+
+
+def test_concurrent_runs_alternate_between_workers(
+    celery_stack: Any, stack_module: Any, dag_runs: Any
+) -> None:
+    from include.compliance import list_bundles, verify_bundle
+    from include.configuration import load_config
+    from include.configuration.layout import model_listing_prefix
+    from include.storage import default_public_key_path, s3_client
+
+    runs = dag_runs(celery_stack, DAG_ID)
+    runs.unpause()
+    conf = {"inference_ids": _patient_ids(), "sample_budget": SAMPLE_BUDGET}
+    celery_stack.token()  # log in once, before the threads share the token
+
+    triggered_at = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=CONCURRENT_RUNS) as pool:
+        responses = list(pool.map(lambda _: runs.trigger(conf), range(CONCURRENT_RUNS)))
+    for response in responses:
+        assert response.status_code == 200, response.text
+    run_ids = [response.json()["dag_run_id"] for response in responses]
+    assert len(set(run_ids)) == CONCURRENT_RUNS
+
+    finished = {run_id: runs.wait(run_id, RUN_TIMEOUT_S) for run_id in run_ids}
+    wall_seconds = time.perf_counter() - triggered_at
+    task_instances = {run_id: runs.task_instances(run_id) for run_id in run_ids}
+    _record_timings(celery_stack, finished, task_instances, wall_seconds)
+
+    # 1. Every task instance that started ran on the worker the policy routes it to, failed runs included:
+    #    this says whether the stack itself routes to both queues even when the runs fail.
+    expected = _expected_hosts(stack_module, celery_stack)
+    misrouted = [
+        f"{run_id} {ti['task_id']}[{ti['map_index']}]: ran on {ti['hostname']}, "
+        f"routed to {expected.get(ti['task_id'])}"
+        for run_id, tis in task_instances.items()
+        for ti in tis
+        if ti.get("hostname") and ti["hostname"] != expected.get(ti["task_id"])
+    ]
+    assert not misrouted, "\n".join(misrouted)
+
+    # 2. Every run succeeded.
+    failed = {run_id: run["state"] for run_id, run in finished.items() if run["state"] != "success"}
+    assert not failed, "\n\n".join(
+        f"=== run {run_id}: {state}\n{runs.failure_report(run_id)}" for run_id, state in failed.items()
+    )
+
+    # 3. In every run, every stage ran, each on its own worker, alternating along the pipeline.
+    order = [task_id for task_id, _ in stack_module.CELERY_ROUTES]
+    for run_id, tis in task_instances.items():
+        hosts: dict[str, set[str]] = {}
+        for ti in tis:
+            hosts.setdefault(ti["task_id"], set()).add(ti["hostname"])
+        assert set(hosts) == set(order), (run_id, sorted(hosts))
+        chain = [hosts[task_id] for task_id in order]
+        assert all(len(h) == 1 for h in chain), (run_id, chain)
+        assert all(a != b for a, b in pairwise(chain)), (run_id, chain)
+        assert {host for h in chain for host in h} == {w.hostname for w in celery_stack.workers}
+
+    # 4. Every run published exactly one bundle, and it verifies against the demo key.
+    config = load_config(REPO_ROOT / "include" / "configs" / "explainers" / f"{DAG_ID}.yaml").config
+    client = s3_client()
+    bundles = list_bundles(client, config.spec.storage.bucket, prefix=model_listing_prefix(config))
+    public_key = default_public_key_path().read_bytes()
+    for run_id in run_ids:
+        mine = [b for b in bundles if b.run_id == run_id]
+        assert len(mine) == 1, (run_id, [b.to_dict() for b in bundles])
+        assert mine[0].complete and mine[0].dag_id == DAG_ID
+        report = verify_bundle(mine[0].uri, public_key_pem=public_key, s3_client=client)
+        assert report.ok, (run_id, report.problems)
+
+    # 5. No stage handed files to another through a worker's disk: each task's scratch folder is gone,
+    #    and a worker's XAC_HOME holds at most the explainer's cache of the pinned model (fetched from
+    #    the shared model store): no run workspace, feature store, key, salt or cost store.
+    for worker in celery_stack.workers:
+        left = sorted(  # pymp-*: the running worker's own multiprocessing folder, not a task's
+            str(p.relative_to(worker.tmpdir))
+            for p in worker.tmpdir.rglob("*")
+            if not p.relative_to(worker.tmpdir).parts[0].startswith("pymp-")
+        )
+        assert not left, f"{worker.name} leaves files in its TMPDIR: {left[:20]}"
+        kept = sorted(p.name for p in worker.xac_home.iterdir()) if worker.xac_home.exists() else []
+        assert set(kept) <= {"models"}, f"{worker.name} keeps local state in {worker.xac_home}: {kept}"
+
+
+def _record_timings(
+    stack: Any,
+    finished: dict[str, dict[str, Any]],
+    task_instances: dict[str, list[dict[str, Any]]],
+    wall_seconds: float,
+) -> None:
+    """$XAC_HOME/e2e_celery.json: the stack's start-up, the three runs' wall time, where each task ran."""
+
+    def _seconds(run: dict[str, Any]) -> float | None:
+        if not (run.get("start_date") and run.get("end_date")):
+            return None
+        started = datetime.fromisoformat(run["start_date"])
+        return round((datetime.fromisoformat(run["end_date"]) - started).total_seconds(), 2)
+
+    record = {
+        "what": f"{CONCURRENT_RUNS} concurrent REST-triggered runs of {DAG_ID}, CeleryExecutor, 2 workers",
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "stack_start_s": stack.timings,
+        "trigger_to_all_final_s": round(wall_seconds, 2),
+        "runs": {
+            run_id: {
+                "state": run["state"],
+                "airflow_start_to_end_s": _seconds(run),
+                "tasks": {
+                    f"{ti['task_id']}[{ti['map_index']}]": [ti["state"], ti.get("hostname")]
+                    for ti in task_instances[run_id]
+                },
+            }
+            for run_id, run in finished.items()
+        },
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2) + "\n")
