@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -128,6 +130,22 @@ def test_concurrent_runs_alternate_between_workers(
         assert mine[0].complete and mine[0].dag_id == DAG_ID
         report = verify_bundle(mine[0].uri, public_key_pem=public_key, s3_client=client)
         assert report.ok, (run_id, report.problems)
+        chained = subprocess.run(
+            [sys.executable, "-m", "include.cli", "bundle", "verify", mine[0].uri, "--chain"],
+            capture_output=True,
+            text=True,
+        )
+        assert chained.returncode == 0, (run_id, chained.stdout + chained.stderr)
+
+    # 4b. Every run's cost is in the one shared cost store (PostgreSQL), whichever worker metered it.
+    from include.finops.store import CostStore
+
+    store = CostStore(celery_stack.env["XAC_COST_STORE_URL"])
+    assert store.url.startswith("postgresql")
+    for run_id in run_ids:
+        rows = store.rows(run_id=run_id)
+        assert rows and sum(r["BilledCost"] for r in rows) > 0, run_id
+    assert {r["run_id"] for r in store.history("diagnosis-risk-tabular")} >= set(run_ids)
 
     # 5. No stage handed files to another through a worker's disk: each task's scratch folder is gone,
     #    and a worker's XAC_HOME holds at most the explainer's cache of the pinned model (fetched from
