@@ -263,9 +263,10 @@ def broker_key_prefix(stack_id: str) -> str:
 class CeleryWorker:
     """One Celery worker of the stack, standing in for a machine of its own."""
 
-    letter: str  # "a", "b", ...
+    letter: str  # "a", "b", ... ("a2": the machine that replaced worker a)
     root: Path  # its working directory; its XAC_HOME and TMPDIR are inside
     stack_id: str
+    queue_letter: str | None = None  # the queue it consumes, when not its own letter's (a replacement)
 
     @property
     def name(self) -> str:
@@ -274,7 +275,7 @@ class CeleryWorker:
 
     @property
     def queue(self) -> str:
-        return worker_queue(self.letter)
+        return worker_queue(self.queue_letter or self.letter)
 
     @property
     def hostname(self) -> str:
@@ -425,6 +426,45 @@ def shared_deployment_environment(db_url: str) -> dict[str, str]:
     if "XAC_COST_STORE_URL" not in os.environ and "AIRFLOW_CONN_XAC_COST_STORE" not in os.environ:
         env["XAC_COST_STORE_URL"] = db_url
     return env
+
+
+SHARED_MODEL_STORE = "s3://xac-models/team-models"
+
+
+def shared_services_environment(folder: Path, model_store: str = SHARED_MODEL_STORE) -> dict[str, str]:
+    """What a team's workers share besides Airflow's own services: the feature store and the model
+    store (the caller's XAC_HOME holds the prepared samples, and S3 is reachable).
+
+    The feature store is the samples' Feast repository applied in the caller's XAC_HOME, seen through a
+    copy whose registry and online store are named by absolute paths (a stand-in for a team's registry
+    service and data lake: no worker's XAC_HOME holds it). The model store is S3: the sample models are
+    pushed there, as a team's CI would with ``xac models push``.
+    """
+    from examples.models import train_sample_models
+    from include.compliance import ensure_bucket, parse_s3_uri
+    from include.explainers.model_store import push_model
+    from include.paths import xac_home
+    from include.provenance.feature_data import FEATURE_REPO_DIR
+    from include.storage import s3_client
+
+    repo = folder / "feature_repo"
+    shutil.rmtree(repo, ignore_errors=True)
+    shutil.copytree(FEATURE_REPO_DIR, repo, ignore=shutil.ignore_patterns("__pycache__"))
+    store_yaml = repo / "feature_store.yaml"
+    store_yaml.write_text(store_yaml.read_text().replace("${XAC_HOME}", str(xac_home())))
+    previous = os.environ.get("XAC_MODEL_STORE")
+    os.environ["XAC_MODEL_STORE"] = model_store
+    try:
+        client = s3_client()
+        ensure_bucket(client, parse_s3_uri(model_store + "/")[0])
+        for path in train_sample_models().values():  # already trained: returns the stored versions
+            push_model(path.parent.parent.name, path.parent.name, client)
+    finally:
+        if previous is None:
+            del os.environ["XAC_MODEL_STORE"]
+        else:
+            os.environ["XAC_MODEL_STORE"] = previous
+    return {"XAC_FEATURE_REPO": str(repo), "XAC_MODEL_STORE": model_store}
 
 
 @contextlib.contextmanager
@@ -711,6 +751,46 @@ class AirflowStack:
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def replace_worker(self, name: str, timeout: float = 60.0) -> CeleryWorker:
+        """The machine of worker ``name`` dies (SIGKILL to its whole process group: the worker, its pool,
+        the task and the explainer process it runs); a new one with an empty disk takes over its queue.
+        Returns the replacement (``worker-a2`` for ``worker-a``), once it answers a ping."""
+        dead = next(w for w in self.workers if w.name == name)
+        process = self.processes.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        self.workers.remove(dead)
+        letter = (
+            f"{dead.queue_letter or dead.letter}{sum(1 for k in self.processes if k.startswith(name)) + 2}"
+        )
+        fresh = CeleryWorker(
+            letter=letter,
+            root=self.home / f"worker-{letter}",
+            stack_id=self.stack_id,
+            queue_letter=dead.queue_letter or dead.letter,
+        )
+        shutil.rmtree(fresh.root, ignore_errors=True)
+        for folder in (fresh.root, fresh.xac_home, fresh.tmpdir):
+            folder.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{fresh.name}.log", "ab") as log:
+            self.processes[fresh.name] = subprocess.Popen(
+                fresh.command(),
+                env=fresh.environment(self.env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=fresh.root,
+                start_new_session=True,
+            )
+        self.workers.append(fresh)
+        deadline = time.monotonic() + timeout
+        while fresh.celery_hostname not in self.celery_active_queues():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{fresh.name} did not answer within {timeout:.0f}s")
+            time.sleep(1.0)
+        return fresh
 
     def stop(self, grace: float = 15.0) -> None:
         """Terminate every component's process group, then kill anything of this stack still alive."""

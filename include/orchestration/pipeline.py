@@ -186,7 +186,6 @@ def start_run(
     from dataclasses import replace
 
     pipeline_run = replace(pipeline_run, config_uri=uri)
-    staging.put_json("run.json", pipeline_run.to_json())
     log(f"config {loaded.path.name} (sha256 {loaded.sha256[:12]}) staged for the run: {uri}")
     return pipeline_run
 
@@ -604,7 +603,7 @@ def fidelity_step(
 
     staging = run.staging(s3_client)
     monitoring = run_config(run, s3_client).config.spec.monitoring
-    fidelity = fidelity_figure(staging.get_json(staging.name_of(explain.explain_uri) + "fidelity.json"))
+    fidelity = fidelity_figure(staging.get_json(staging.name_of(explain.fidelity_uri)))
     previous = provenance.previous_bundle
     decision = evaluate_gate(
         fidelity,
@@ -636,9 +635,8 @@ def assemble_bundle(
     (target / "config.yaml").write_text(loaded.text)
     staging.get_file(staging.name_of(provenance.provenance_uri), target / "provenance.json")
     staging.get_file(staging.name_of(provenance.validation_uri), target / "validation.json")
-    explained = staging.name_of(explain.explain_uri)
     with scratch_dir("explain") as out_dir:
-        staging.get_tree(explained, out_dir)
+        staging.get_archive(staging.name_of(explain.explain_uri), out_dir)
         for name in ("fidelity.json", "summary.json", "run_summary.json"):
             if (out_dir / name).exists():
                 shutil.copy2(out_dir / name, target / name)
@@ -682,7 +680,7 @@ def end_dry_run(run: PipelineRun, plan: dict[str, Any], s3_client: Any, log: Log
     return message
 
 
-SIGNED_BUNDLE_DIR = "bundle"  # the built, signed bundle, staged before its write-once upload begins
+SIGNED_BUNDLE = "bundle.tar"  # the built, signed bundle, staged before its write-once upload begins
 
 
 def publish_step(
@@ -727,8 +725,8 @@ def publish_step(
     retention = loaded.config.spec.retention
     with scratch_dir("publish") as scratch:
         signed = scratch / "signed"
-        if earlier.claim is not None and staging.exists(f"{SIGNED_BUNDLE_DIR}/{MANIFEST_NAME}"):
-            staging.get_tree(SIGNED_BUNDLE_DIR, signed)
+        if earlier.claim is not None and staging.exists(SIGNED_BUNDLE):
+            staging.get_archive(SIGNED_BUNDLE, signed)
             if earlier.owned_by(signed):
                 manifest = Manifest.from_bytes((signed / MANIFEST_NAME).read_bytes())
                 log(
@@ -740,7 +738,7 @@ def publish_step(
             shutil.rmtree(signed)
         if explain is None or provenance is None or gate is None:
             raise StageFailed(
-                f"nothing to resume under {staging.uri(SIGNED_BUNDLE_DIR)} and no run results given"
+                f"nothing to resume at {staging.uri(SIGNED_BUNDLE)} and no run results given"
             )
         bundle_dir = assemble_bundle(run, explain, provenance, s3_client, signed)
         from include.compliance.logs import collect_run_logs
@@ -814,7 +812,7 @@ def publish_step(
         render_report(bundle_dir, run=record, retention=retention_result)
         manifest = build_bundle(bundle_dir, run=record, signer=signer, previous=gate.get("previous_bundle"))
         # Staged before the first write-once object: a retry on any worker resumes this very bundle.
-        staging.put_tree(SIGNED_BUNDLE_DIR, bundle_dir, last=MANIFEST_NAME)
+        staging.put_archive(SIGNED_BUNDLE, bundle_dir)
         uri = _upload_bundle(run, loaded, bundle_dir, s3_client=s3_client, signer=signer, lock=lock)
     log(f"published bundle {manifest.bundle_id} to {uri}")
     staging.remove_all()

@@ -83,9 +83,10 @@ class StagedProvenance(_Json):
 
 @dataclass(frozen=True)
 class ExplainResult(_Json):
-    """The join's outcome: every shard merged under ``explain_uri``, and what the cost stage prices."""
+    """The join's outcome: every shard merged in ``explain_uri``, and what the cost stage prices."""
 
-    explain_uri: str  # s3://.../explain/ (explanations/, fidelity.json, summary.json, run_summary.json)
+    explain_uri: str  # s3://.../explain.tar (explanations/, fidelity.json, summary.json, run_summary.json)
+    fidelity_uri: str  # s3://.../fidelity.json, the gate's input, beside the archive
     explained: int
     params: dict[str, Any]
     backend: str

@@ -481,7 +481,8 @@ def join_step(
 
     Fails (StageFailed) when a shard's output is missing or incomplete, or holds another number of
     explanations than its run summary says (a duplicate or a leftover of an earlier try). The merged
-    explanations go to the run's staging prefix (``explain/``, ``run_summary.json`` last).
+    explanations go to the run's staging prefix as one archive (``explain.tar``), and the gate's
+    ``fidelity.json`` beside it.
     """
     from include.explainers.runtime import merge_shards
 
@@ -514,7 +515,8 @@ def join_step(
         out_dir = scratch / "explain"
         merged = merge_shards(folders, out_dir, overwrite=True)
         explained = int(merged["counts"]["instances"])
-        explain_uri = staging.put_tree("explain", out_dir, last=COMPLETE_MARKER)
+        fidelity_uri = staging.put_file("fidelity.json", out_dir / "fidelity.json")
+        explain_uri = staging.put_archive("explain.tar", out_dir)
         log(f"join: {count} shard(s) complete, {explained} explanations merged into {explain_uri}")
         params = plan["params"] if plan is not None else run.params
         log_path = scratch / "explain.log"
@@ -528,6 +530,7 @@ def join_step(
             log(f"join: {len(records)} finished pod object(s) saved for the cost stage")
             return ExplainResult(
                 explain_uri=explain_uri,
+                fidelity_uri=fidelity_uri,
                 explained=explained,
                 params=params,
                 backend=backend,
@@ -547,6 +550,7 @@ def join_step(
         _concatenate(log_path, shard_logs)
         return ExplainResult(
             explain_uri=explain_uri,
+            fidelity_uri=fidelity_uri,
             explained=explained,
             params=params,
             backend=backend,

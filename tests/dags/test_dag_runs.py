@@ -157,7 +157,7 @@ def test_a_retried_publish_keeps_or_finishes_the_runs_one_bundle(task_result, da
 
     from include.compliance import download_bundle, list_bundles, load_or_create_signing_key, verify_bundle
     from include.compliance.store import bundle_uri
-    from include.orchestration.pipeline import SIGNED_BUNDLE_DIR, PipelineRun, publish_step
+    from include.orchestration.pipeline import SIGNED_BUNDLE, PipelineRun, publish_step
     from include.storage import default_public_key_path, default_signing_key_path, s3_client
 
     client = s3_client()
@@ -181,7 +181,7 @@ def test_a_retried_publish_keeps_or_finishes_the_runs_one_bundle(task_result, da
     staging = run.staging(client)
     signed = download_bundle(client, uri, tmp_path / "signed")
     staging.put_bytes(staging.name_of(run.config_uri), (signed / "config.yaml").read_bytes())
-    staging.put_tree(SIGNED_BUNDLE_DIR, signed, last="manifest.json")
+    staging.put_archive(SIGNED_BUNDLE, signed)
     for name in ("statement.dsse.json", "manifest.json"):
         client.delete_object(Bucket=run.bucket, Key=f"{run.bundle_prefix.rstrip('/')}/{name}")
     assert not [b for b in list_bundles(client, run.bucket, prefix=run.bundle_prefix) if b.complete]

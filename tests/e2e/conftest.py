@@ -79,14 +79,8 @@ def metadata_db(stack_module: ModuleType) -> Iterator[tuple[str, str]]:
         stack_module.drop_postgres_database(name)
 
 
-@pytest.fixture(scope="module")
-def celery_stack(stack_module: ModuleType, s3_endpoint: str, prepared: None) -> Iterator[Any]:
-    """A stack with the CeleryExecutor and two workers (``worker-a``, ``worker-b``), its own metadata DB.
-
-    Each worker has its own XAC_HOME (empty: the sample data, models and key are only in the session's
-    XAC_HOME, which the other components use), working directory, TMPDIR, host name and queue; the
-    stack's cluster policy routes the stages of the explainability DAGs to them alternately.
-    """
+def _celery_stack(stack_module: ModuleType, extra_env: dict[str, str] | None = None) -> Iterator[Any]:
+    """Start a two-worker Celery stack on a fresh PostgreSQL database; stop it and check nothing is left."""
     if os.environ.get("XAC_TEST_METADATA_DB", "postgres") != "postgres":
         pytest.skip("XAC_TEST_METADATA_DB forces SQLite; the Celery stack needs PostgreSQL")
     if not stack_module.postgres_answers():
@@ -107,7 +101,10 @@ def celery_stack(stack_module: ModuleType, s3_endpoint: str, prepared: None) -> 
             executor="celery",
             workers=2,
             timeout=240.0,
-            extra_env=_shared_services(xac_home() / "shared-services"),
+            extra_env={
+                **stack_module.shared_services_environment(xac_home() / "shared-services"),
+                **(extra_env or {}),
+            },
         )
         roots = {process.pid for process in stack.processes.values()}
         try:
@@ -121,39 +118,67 @@ def celery_stack(stack_module: ModuleType, s3_endpoint: str, prepared: None) -> 
         stack_module.drop_postgres_database(name)
 
 
-MODEL_STORE = "s3://xac-models/team-models"
+@pytest.fixture(scope="module")
+def failover_stack(stack_module: ModuleType, s3_endpoint: str, prepared: None) -> Iterator[Any]:
+    """A Celery stack whose scheduler notices a dead worker's task within seconds (the heartbeat
+    timeout is 300 s by default), so that the task is retried by the machine that replaces it."""
+    yield from _celery_stack(
+        stack_module,
+        {
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
+        },
+    )
 
 
-def _shared_services(folder: Path) -> dict[str, str]:
-    """What a team's workers share besides Airflow's own services: the feature store and the model
-    store. The feature store is the samples' Feast repository applied in the session's XAC_HOME, seen
-    through a repository whose registry and online store are named by absolute paths (a stand-in for
-    a team's registry service and data lake: no worker's XAC_HOME holds it). The model store is S3:
-    the sample models are pushed there, as a team's CI would with ``xac models push``."""
-    import shutil
+@pytest.fixture(scope="module")
+def kube_api(
+    s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Any, dict[str, str]]]:
+    """The Kubernetes API double on loopback (include/embedded/kube_api.py) and the environment that
+    points the explainer backend at it: the explainer's service account gets the S3 credentials (as
+    IRSA would)."""
+    import json
 
-    from examples.models import train_sample_models
-    from include.compliance import ensure_bucket, parse_s3_uri
-    from include.paths import xac_home
-    from include.provenance.feature_data import FEATURE_REPO_DIR
-    from include.storage import s3_client
+    from include.embedded import kube_api as double
 
-    repo = folder / "feature_repo"
-    shutil.rmtree(repo, ignore_errors=True)
-    shutil.copytree(FEATURE_REPO_DIR, repo, ignore=shutil.ignore_patterns("__pycache__"))
-    store_yaml = repo / "feature_store.yaml"
-    store_yaml.write_text(store_yaml.read_text().replace("${XAC_HOME}", str(xac_home())))
-    os.environ["XAC_MODEL_STORE"] = MODEL_STORE
-    try:
-        from include.explainers.model_store import push_model
+    credentials = {
+        k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    credentials["AWS_EC2_METADATA_DISABLED"] = "true"
+    with double.start(service_account_env={"xac-explainer": credentials}) as api:
+        kubeconfig = api.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config", namespace="ai-prod")
+        connection = {
+            "conn_type": "kubernetes",
+            "extra": {"kube_config_path": str(kubeconfig), "in_cluster": False},
+        }
+        yield (
+            api,
+            {
+                "XAC_EXPLAIN_BACKEND": "kubernetes",
+                "XAC_CLUSTER_PROFILE": str(REPO_ROOT / "include" / "configs" / "clusters" / "loopback.yaml"),
+                "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(connection),
+            },
+        )
 
-        client = s3_client()
-        ensure_bucket(client, parse_s3_uri(MODEL_STORE + "/")[0])
-        for path in train_sample_models().values():  # already trained: returns the stored versions
-            push_model(path.parent.parent.name, path.parent.name, client)
-    finally:
-        del os.environ["XAC_MODEL_STORE"]
-    return {"XAC_FEATURE_REPO": str(repo), "XAC_MODEL_STORE": MODEL_STORE}
+
+@pytest.fixture(scope="module")
+def celery_kpo_stack(
+    stack_module: ModuleType, s3_endpoint: str, prepared: None, kube_api: tuple[Any, dict[str, str]]
+) -> Iterator[Any]:
+    """The two-worker Celery stack whose explain shards are KubernetesPodOperator pods on the double."""
+    yield from _celery_stack(stack_module, kube_api[1])
+
+
+@pytest.fixture(scope="module")
+def celery_stack(stack_module: ModuleType, s3_endpoint: str, prepared: None) -> Iterator[Any]:
+    """A stack with the CeleryExecutor and two workers (``worker-a``, ``worker-b``), its own metadata DB.
+
+    Each worker has its own XAC_HOME (empty: the sample data, models and key are only in the session's
+    XAC_HOME, which the other components use), working directory, TMPDIR, host name and queue; the
+    stack's cluster policy routes the stages of the explainability DAGs to them alternately.
+    """
+    yield from _celery_stack(stack_module)
 
 
 class DagRuns:

@@ -177,7 +177,8 @@ def test_meter_step_pushes_the_run(gateway: str, tmp_path: Path, monkeypatch: py
             "exit_code": 0,
         }
         explain = ExplainResult(
-            explain_uri=run.staging(client).uri("explain/"),
+            explain_uri=run.staging(client).uri("explain.tar"),
+            fidelity_uri=run.staging(client).uri("fidelity.json"),
             explained=8,
             params=run.params,
             backend="local",

@@ -30,6 +30,33 @@ def test_objects_round_trip_and_a_tree_is_written_with_its_marker_last(s3: Any, 
     assert staging.remove_all() == 5 and staging.list() == []
 
 
+def test_an_archive_is_one_object_and_unpacks_only_inside_its_folder(s3: Any, tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    staging = RunStaging(s3, "runs", "_staging/dag-a/r4/")
+    tree = tmp_path / "bundle"
+    (tree / "logs").mkdir(parents=True)
+    (tree / "manifest.json").write_text("{}")
+    (tree / "logs" / "explain.log").write_text("log")
+    assert staging.put_archive("bundle.tar", tree) == "s3://runs/_staging/dag-a/r4/bundle.tar"
+    assert staging.list() == ["bundle.tar"]
+    assert staging.get_archive("bundle.tar", tmp_path / "out") == ["logs/explain.log", "manifest.json"]
+    assert (tmp_path / "out" / "logs" / "explain.log").read_text() == "log"
+    evil = io.BytesIO()
+    with tarfile.open(fileobj=evil, mode="w") as tar:
+        member = tarfile.TarInfo("../escaped.txt")
+        member.size = 3
+        tar.addfile(member, io.BytesIO(b"bad"))
+    staging.put_bytes("evil.tar", evil.getvalue())
+    with pytest.raises(StageFailed, match=r"evil\.tar is not a readable archive"):
+        staging.get_archive("evil.tar", tmp_path / "out2")
+    assert not (tmp_path / "escaped.txt").exists()
+    staging.put_bytes("junk.tar", b"not a tar")
+    with pytest.raises(StageFailed, match="is not a readable archive"):
+        staging.get_archive("junk.tar", tmp_path / "out3")
+
+
 def test_a_missing_object_names_what_is_gone(s3: Any, tmp_path: Path) -> None:
     staging = RunStaging(s3, "runs", "_staging/dag-a/r2/")
     with pytest.raises(StagedObjectMissing, match=r"s3://runs/_staging/dag-a/r2/cost.json is missing"):
@@ -61,7 +88,9 @@ def test_run_results_travel_as_json(make_run: Any) -> None:
     assert run.staging_prefix == "_staging/dag-a/manual__2026-12-07T10:00:00+00:00/"
     staged = StagedProvenance("s3://i", "s3://b", "1" * 64, "2" * 64, "s3://p", "s3://v", ("a",))
     assert StagedProvenance.from_json(staged.to_json()) == staged
-    result = ExplainResult("s3://e/", 2, {}, "kubernetes", 1, "s3://l", pods=("pods/shard-0/try-1-p.json",))
+    result = ExplainResult(
+        "s3://e.tar", "s3://f.json", 2, {}, "kubernetes", 1, "s3://l", pods=("pods/shard-0/try-1-p.json",)
+    )
     assert ExplainResult.from_json(result.to_json()) == result
 
 
