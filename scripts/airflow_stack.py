@@ -464,7 +464,41 @@ def shared_services_environment(folder: Path, model_store: str = SHARED_MODEL_ST
             del os.environ["XAC_MODEL_STORE"]
         else:
             os.environ["XAC_MODEL_STORE"] = previous
-    return {"XAC_FEATURE_REPO": str(repo), "XAC_MODEL_STORE": model_store}
+    catalogue = _catalogue_with_sources_in_s3(folder, model_store, client)
+    return {
+        "XAC_FEATURE_REPO": str(repo),
+        "XAC_MODEL_STORE": model_store,
+        "XAC_MODEL_CATALOGUE": str(catalogue),
+    }
+
+
+def _catalogue_with_sources_in_s3(folder: Path, model_store: str, client: Any) -> Path:
+    """A copy of the model catalogue in which every model declared by a source under ``{xac_home}`` (a
+    file on the machine that prepared the samples) is read from the model store's bucket instead, as a
+    team declares an artifact its CI uploaded: ``XAC_MODEL_CATALOGUE`` points the stack at it."""
+    import yaml
+
+    from include.compliance import parse_s3_uri
+    from include.configuration.loader import model_catalogue_path
+    from include.paths import xac_home
+
+    data = yaml.safe_load(model_catalogue_path().read_text())
+    for name, entry in data["models"].items():
+        source = entry.get("source") or {}
+        uri = str(source.get("uri") or "")
+        if not uri.startswith("{xac_home}/"):
+            continue
+        version = str(entry["defaultVersion"])
+        local = Path(uri.replace("{xac_home}", str(xac_home())).replace("{version}", version))
+        relative = uri[len("{xac_home}/") :]
+        target = f"{model_store}/sources/{relative}"
+        bucket, key = parse_s3_uri(target.replace("{version}", version))
+        client.upload_file(str(local), bucket, key)
+        source["uri"] = target
+        data["models"][name]["source"] = source
+    path = folder / "models.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 @contextlib.contextmanager

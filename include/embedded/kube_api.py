@@ -1146,6 +1146,29 @@ def start(port: int | None = None, **options: Any) -> KubeApiDouble:
     return KubeApiDouble(**options).start(port)
 
 
+S3_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+
+
+def explainer_credentials(env: Mapping[str, str]) -> dict[str, str]:
+    """The S3 credentials of ``env`` for the explainer's service account (what IRSA gives a pod)."""
+    return {k: env[k] for k in S3_CREDENTIAL_VARIABLES} | {"AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def backend_environment(kubeconfig: Path, cluster_profile: Path) -> dict[str, str]:
+    """The environment that points the explainer backend of Airflow's tasks at a double: the
+    ``kubernetes_default`` connection (a kubeconfig of :meth:`KubeApiDouble.write_kubeconfig`) and
+    the cluster profile."""
+    connection = {
+        "conn_type": "kubernetes",
+        "extra": {"kube_config_path": str(kubeconfig), "in_cluster": False},
+    }
+    return {
+        "XAC_EXPLAIN_BACKEND": "kubernetes",
+        "XAC_CLUSTER_PROFILE": str(cluster_profile),
+        "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(connection),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m include.embedded.kube_api",

@@ -10,8 +10,6 @@ removes, and is safe to retry (it overwrites what an earlier try of the same ste
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import shutil
 from collections.abc import Callable
@@ -28,7 +26,7 @@ from include.configuration.layout import (
     safe_key_part,
 )
 from include.identifiers import model_version_problem
-from include.orchestration.run_context import ExplainResult, PipelineRun, StagedProvenance
+from include.orchestration.run_context import ExplainResult, PipelineRun, StagedProvenance, run_config
 from include.orchestration.staging import StagedObjectMissing, StageFailed, scratch_dir
 from include.paths import REPO_ROOT
 
@@ -188,26 +186,6 @@ def start_run(
     pipeline_run = replace(pipeline_run, config_uri=uri)
     log(f"config {loaded.path.name} (sha256 {loaded.sha256[:12]}) staged for the run: {uri}")
     return pipeline_run
-
-
-def run_config(run: PipelineRun, s3_client: Any) -> LoadedConfig:
-    """The run's config: the copy staged when the run started, its digest checked."""
-    staging = run.staging(s3_client)
-    return _parse_staged_config(
-        staging.get_bytes(staging.name_of(run.config_uri)), run.config_sha256, run.config_file
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _parse_staged_config(raw: bytes, expected_sha256: str, shown_as: str) -> LoadedConfig:
-    from include.configuration.loader import parse_config_text
-
-    found = hashlib.sha256(raw).hexdigest()
-    if found != expected_sha256:
-        raise StageFailed(
-            f"the staged config of this run has sha256 {found}, but the run started with {expected_sha256}"
-        )
-    return parse_config_text(raw.decode("utf-8"), shown_as)
 
 
 def run_provenance_for_config(
@@ -737,9 +715,7 @@ def publish_step(
                 return _published(uri, manifest.bundle_id, manifest.run)
             shutil.rmtree(signed)
         if explain is None or provenance is None or gate is None:
-            raise StageFailed(
-                f"nothing to resume at {staging.uri(SIGNED_BUNDLE)} and no run results given"
-            )
+            raise StageFailed(f"nothing to resume at {staging.uri(SIGNED_BUNDLE)} and no run results given")
         bundle_dir = assemble_bundle(run, explain, provenance, s3_client, signed)
         from include.compliance.logs import collect_run_logs
 

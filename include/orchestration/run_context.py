@@ -6,10 +6,15 @@ artifacts they point to live under the run's staging prefix (:mod:`include.orche
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from include.orchestration.staging import RunStaging, staging_prefix_for
+from include.orchestration.staging import RunStaging, StageFailed, staging_prefix_for
+
+if TYPE_CHECKING:
+    from include.configuration import LoadedConfig
 
 
 class _Json:
@@ -97,3 +102,23 @@ class ExplainResult(_Json):
     usages: tuple[dict[str, Any], ...] = ()  # local: each shard's measured process
     usage: dict[str, Any] | None = None  # local: all shards as one
     failed_tries: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+
+def run_config(run: PipelineRun, s3_client: Any) -> LoadedConfig:
+    """The run's config: the copy staged when the run started, its digest checked."""
+    staging = run.staging(s3_client)
+    return _parse_staged_config(
+        staging.get_bytes(staging.name_of(run.config_uri)), run.config_sha256, run.config_file
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_staged_config(raw: bytes, expected_sha256: str, shown_as: str) -> LoadedConfig:
+    from include.configuration.loader import parse_config_text
+
+    found = hashlib.sha256(raw).hexdigest()
+    if found != expected_sha256:
+        raise StageFailed(
+            f"the staged config of this run has sha256 {found}, but the run started with {expected_sha256}"
+        )
+    return parse_config_text(raw.decode("utf-8"), shown_as)

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from include.orchestration.run_context import ExplainResult, PipelineRun, StagedProvenance
+from include.orchestration.run_context import ExplainResult, PipelineRun, StagedProvenance, run_config
 from include.orchestration.staging import RunStaging, StageFailed, scratch_dir
 
 BACKENDS = ("local", "kubernetes")
@@ -232,7 +232,6 @@ def _pod_shards(
     profile_name: str,
 ) -> list[dict[str, Any]]:
     from include.k8s import PodSpecError, RunContext, load_cluster_profile, plan_pod, pod_template
-    from include.orchestration.pipeline import run_config
 
     loaded = run_config(run, staging.s3)
     profile = load_cluster_profile(profile_name).profile
@@ -518,7 +517,6 @@ def join_step(
         fidelity_uri = staging.put_file("fidelity.json", out_dir / "fidelity.json")
         explain_uri = staging.put_archive("explain.tar", out_dir)
         log(f"join: {count} shard(s) complete, {explained} explanations merged into {explain_uri}")
-        params = plan["params"] if plan is not None else run.params
         log_path = scratch / "explain.log"
         if backend == "kubernetes":
             names = staging.list("pods/")
@@ -528,41 +526,35 @@ def join_step(
             ]
             _concatenate(log_path, pod_logs)
             log(f"join: {len(records)} finished pod object(s) saved for the cost stage")
-            return ExplainResult(
-                explain_uri=explain_uri,
-                fidelity_uri=fidelity_uri,
-                explained=explained,
-                params=params,
-                backend=backend,
-                shards=count,
-                log_uri=staging.put_file("logs/explain.log", log_path),
-                pods=records,
-                cluster_profile=cluster_profile_name(),
-            )
-        finished = sorted((r for r in results or [] if r), key=lambda r: r["index"])
-        usages = [r["usage"] for r in finished]
-        if len(usages) != count:
-            raise StageFailed(f"join: {len(usages)} measured shard process(es) for {count} shards")
-        shard_logs = [
-            staging.get_file(f"logs/shards/{n}", scratch / "shard-logs" / n)
-            for n in staging.list("logs/shards/")
-        ]
-        _concatenate(log_path, shard_logs)
+            priced: dict[str, Any] = {"pods": records, "cluster_profile": cluster_profile_name()}
+        else:
+            finished = sorted((r for r in results or [] if r), key=lambda r: r["index"])
+            usages = [r["usage"] for r in finished]
+            if len(usages) != count:
+                raise StageFailed(f"join: {len(usages)} measured shard process(es) for {count} shards")
+            shard_logs = [
+                staging.get_file(f"logs/shards/{n}", scratch / "shard-logs" / n)
+                for n in staging.list("logs/shards/")
+            ]
+            _concatenate(log_path, shard_logs)
+            priced = {
+                "usages": tuple(usages),
+                "usage": _combined_usage(usages),
+                "failed_tries": tuple(
+                    {"index": r["index"], "try": k + 1, "usage": u}
+                    for r in finished
+                    for k, u in enumerate(r.get("failed_tries") or [])
+                ),
+            }
         return ExplainResult(
             explain_uri=explain_uri,
             fidelity_uri=fidelity_uri,
             explained=explained,
-            params=params,
+            params=plan["params"] if plan is not None else run.params,
             backend=backend,
             shards=count,
             log_uri=staging.put_file("logs/explain.log", log_path),
-            usages=tuple(usages),
-            usage=_combined_usage(usages),
-            failed_tries=tuple(
-                {"index": r["index"], "try": k + 1, "usage": u}
-                for r in finished
-                for k, u in enumerate(r.get("failed_tries") or [])
-            ),
+            **priced,
         )
 
 

@@ -61,23 +61,11 @@ def kube(s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     """The API double; the explainer's service account gets the S3 credentials (as IRSA would)."""
     from include.embedded import kube_api
 
-    credentials = {
-        k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    }
-    credentials["AWS_EC2_METADATA_DISABLED"] = "true"
-    with kube_api.start(service_account_env={"xac-explainer": credentials}) as api:
+    with kube_api.start(
+        service_account_env={"xac-explainer": kube_api.explainer_credentials(os.environ)}
+    ) as api:
         kubeconfig = api.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config", namespace="ai-prod")
-        connection = {
-            "conn_type": "kubernetes",
-            "extra": {"kube_config_path": str(kubeconfig), "in_cluster": False},
-        }
-        saved = _set_env(
-            {
-                "XAC_EXPLAIN_BACKEND": "kubernetes",
-                "XAC_CLUSTER_PROFILE": str(LOOPBACK),
-                "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(connection),
-            }
-        )
+        saved = _set_env(dict(kube_api.backend_environment(kubeconfig, LOOPBACK)))
         yield api
         _set_env(saved)
 

@@ -138,27 +138,15 @@ def kube_api(
     """The Kubernetes API double on loopback (include/embedded/kube_api.py) and the environment that
     points the explainer backend at it: the explainer's service account gets the S3 credentials (as
     IRSA would)."""
-    import json
-
     from include.embedded import kube_api as double
 
-    credentials = {
-        k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    }
-    credentials["AWS_EC2_METADATA_DISABLED"] = "true"
-    with double.start(service_account_env={"xac-explainer": credentials}) as api:
+    with double.start(service_account_env={"xac-explainer": double.explainer_credentials(os.environ)}) as api:
         kubeconfig = api.write_kubeconfig(tmp_path_factory.mktemp("kube") / "config", namespace="ai-prod")
-        connection = {
-            "conn_type": "kubernetes",
-            "extra": {"kube_config_path": str(kubeconfig), "in_cluster": False},
-        }
         yield (
             api,
-            {
-                "XAC_EXPLAIN_BACKEND": "kubernetes",
-                "XAC_CLUSTER_PROFILE": str(REPO_ROOT / "include" / "configs" / "clusters" / "loopback.yaml"),
-                "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(connection),
-            },
+            double.backend_environment(
+                kubeconfig, REPO_ROOT / "include" / "configs" / "clusters" / "loopback.yaml"
+            ),
         )
 
 
