@@ -296,14 +296,17 @@ class CeleryWorker:
         return self.root / "tmp"
 
     def environment(self, env: dict[str, str]) -> dict[str, str]:
-        """Its own XAC_HOME, TMPDIR and reported host name on top of the stack's environment."""
-        return {
-            **env,
+        """Its own XAC_HOME, TMPDIR and reported host name on top of the stack's environment; with remote
+        logging on, its own log folder too (then a task's log reaches others only through S3)."""
+        own = {
             "XAC_HOME": str(self.xac_home),
             "TMPDIR": str(self.tmpdir),
             "AIRFLOW__CORE__HOSTNAME_CALLABLE": "xac_stack_hostname.hostname",
             "XAC_STACK_WORKER_HOSTNAME": self.hostname,
         }
+        if env.get("AIRFLOW__LOGGING__REMOTE_LOGGING", "").lower() == "true":
+            own["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = str(self.root / "logs")
+        return {**env, **own}
 
     def command(self) -> list[str]:
         return [
@@ -465,10 +468,34 @@ def shared_services_environment(folder: Path, model_store: str = SHARED_MODEL_ST
         else:
             os.environ["XAC_MODEL_STORE"] = previous
     catalogue = _catalogue_with_sources_in_s3(folder, model_store, client)
+    ensure_bucket(client, REMOTE_LOG_BUCKET)
     return {
         "XAC_FEATURE_REPO": str(repo),
         "XAC_MODEL_STORE": model_store,
         "XAC_MODEL_CATALOGUE": str(catalogue),
+        **remote_logging_environment(),
+    }
+
+
+REMOTE_LOG_BUCKET = "xac-airflow-logs"
+
+
+def remote_logging_environment() -> dict[str, str]:
+    """Airflow's remote task logging to the S3 of this environment (``S3_ENDPOINT_URL``, the AWS
+    variables) through an ``aws_default`` connection, as a deployment configures it: each task's log is
+    uploaded when it ends and read back from there by the api-server and by the publish task."""
+    region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+    connection = {
+        "conn_type": "aws",
+        "login": os.environ.get("AWS_ACCESS_KEY_ID", ""),
+        "password": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        "extra": {"endpoint_url": os.environ["S3_ENDPOINT_URL"], "region_name": region},
+    }
+    return {
+        "AIRFLOW__LOGGING__REMOTE_LOGGING": "True",
+        "AIRFLOW__LOGGING__REMOTE_BASE_LOG_FOLDER": f"s3://{REMOTE_LOG_BUCKET}/airflow-logs",
+        "AIRFLOW__LOGGING__REMOTE_LOG_CONN_ID": "aws_default",
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(connection),
     }
 
 

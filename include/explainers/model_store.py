@@ -260,8 +260,9 @@ def load_source_model(
         raise ModelLoadError(f"model {name!r}: invalid source in the model catalogue: {problems}")
     source = entry.source
     declared_columns = entry.inputs or tuple(columns)
-    declared = source.location(str(version), str(xac_home()))
-    ref = ModelRef(source.type, location or declared)
+    # A KServe endpoint declared without a URI has no location of its own: the caller passes its URL.
+    declared = None if source.from_inference_service else source.location(str(version), str(xac_home()))
+    ref = ModelRef(source.type, location or declared or "")
     options = LoadOptions(
         task=entry.task or None,
         output_scale=source.output_scale,
@@ -280,7 +281,7 @@ def load_source_model(
         version=str(version),
         expected_sha256=expected_sha256,
     )
-    if location is not None and location != declared and loaded.origin is not None:
+    if declared is not None and location is not None and location != declared and loaded.origin is not None:
         # The record names the declared artifact (the staged copy is removed after publishing); the
         # digests are of the bytes actually read, which the run pinned to the declared file's.
         from dataclasses import replace

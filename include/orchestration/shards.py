@@ -145,10 +145,10 @@ def _stage_source_model(run: PipelineRun, staging: RunStaging) -> dict[str, str]
         raise StageFailed(
             f"model {run.model_name!r}: invalid source in the model catalogue: no pod was started"
         )
-    if source.type == "oip":  # an endpoint: the pods call it where it is
+    if source.type in ("oip", "mlflow"):  # an endpoint or a registry: read where it is
         return {}
     location = source.location(str(run.model_version), str(xac_home()))
-    if location.startswith("s3://"):
+    if "://" in location:  # s3:// and other object stores: read where it is
         return {}
     from include.digests import sha256_file
 

@@ -78,7 +78,7 @@ def _confs() -> dict[str, dict[str, Any]]:
 def test_concurrent_runs_alternate_between_workers(
     celery_stack: Any, stack_module: Any, dag_runs: Any
 ) -> None:
-    from include.compliance import list_bundles, verify_bundle
+    from include.compliance import list_bundles, parse_s3_uri, verify_bundle
     from include.configuration import load_config
     from include.configuration.layout import model_listing_prefix
     from include.finops.store import CostStore
@@ -159,6 +159,14 @@ def test_concurrent_runs_alternate_between_workers(
             assert chained.returncode == 0, (dag_id, run_id, chained.stdout + chained.stderr)
             rows = store.rows(config=dag_id, run_id=run_id)
             assert rows and sum(r["BilledCost"] for r in rows) > 0, (dag_id, run_id)
+            # Every stage's task log is in the bundle, read back from remote logging (each worker keeps
+            # its own log folder): the publish task on worker A holds B's logs too.
+            bucket, prefix = parse_s3_uri(mine[0].uri)
+            index_key = f"{prefix.rstrip('/')}/logs/index.json"
+            index = json.loads(client.get_object(Bucket=bucket, Key=index_key)["Body"].read())
+            assert index["airflow_log_folder"].startswith("s3://xac-airflow-logs/airflow-logs/dag_id="), index
+            logged = {f["task_id"] for f in index["files"] if f["kind"] == "airflow_task"}
+            assert logged == set(order), (dag_id, run_id, sorted(logged))
 
     # 5. No stage handed files to another through a worker's disk: each task's scratch folder is gone,
     #    and a worker's XAC_HOME holds at most the explainer's cache of the pinned model (fetched from
