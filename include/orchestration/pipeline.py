@@ -27,7 +27,13 @@ from include.configuration.layout import (
 )
 from include.identifiers import model_version_problem
 from include.orchestration.run_context import ExplainResult, PipelineRun, StagedProvenance, run_config
-from include.orchestration.staging import StagedObjectMissing, StageFailed, scratch_dir
+from include.orchestration.staging import (
+    RunStaging,
+    StagedObjectMissing,
+    StageFailed,
+    scratch_dir,
+    staging_prefix_for,
+)
 from include.paths import REPO_ROOT
 
 LogFn = Callable[[str], None]
@@ -145,15 +151,25 @@ def start_run(
     settings = spec.explainerConfig
     assert settings is not None and spec.budget is not None and spec.owner is not None
     bucket = spec.storage.bucket
-    config_name = f"{CONFIG_STAGING_DIR}/{loaded.sha256}.yaml"
-    pipeline_run = PipelineRun(
+    from include.compliance import ensure_bucket
+    from include.compliance.retention import STAGING_EXPIRY_DAYS, ensure_staging_expiry
+
+    ensure_bucket(s3_client, bucket)
+    try:  # what a failed or abandoned run leaves under _staging/ expires instead of staying forever
+        ensure_staging_expiry(s3_client, bucket, "_staging/", days=STAGING_EXPIRY_DAYS)
+    except Exception as exc:  # a store without lifecycle support must not stop the run
+        log(f"WARNING: no expiry rule on s3://{bucket}/_staging/: {exc}")
+    staging = RunStaging(s3_client, bucket, staging_prefix_for(dag_id, run_key))
+    config_uri = staging.put_bytes(f"{CONFIG_STAGING_DIR}/{loaded.sha256}.yaml", loaded.text.encode())
+    log(f"config {loaded.path.name} (sha256 {loaded.sha256[:12]}) staged for the run: {config_uri}")
+    return PipelineRun(
         dag_id=dag_id,
         run_id=run_id,
         run_key=run_key,
         identity=identity,
         config_file=_relative_to_repo(Path(config_path)),
         config_sha256=loaded.sha256,
-        config_uri="",
+        config_uri=config_uri,
         config_name=loaded.name,
         defaults_applied=tuple(loaded.defaults_applied),
         model_name=spec.modelName,
@@ -171,21 +187,6 @@ def start_run(
         listing_prefix=model_listing_prefix(loaded.config),
         started_at=datetime.now(UTC).isoformat(),
     )
-    from include.compliance import ensure_bucket
-    from include.compliance.retention import STAGING_EXPIRY_DAYS, ensure_staging_expiry
-
-    ensure_bucket(s3_client, bucket)
-    try:  # what a failed or abandoned run leaves under _staging/ expires instead of staying forever
-        ensure_staging_expiry(s3_client, bucket, "_staging/", days=STAGING_EXPIRY_DAYS)
-    except Exception as exc:  # a store without lifecycle support must not stop the run
-        log(f"WARNING: no expiry rule on s3://{bucket}/_staging/: {exc}")
-    staging = pipeline_run.staging(s3_client)
-    uri = staging.put_bytes(config_name, loaded.text.encode())
-    from dataclasses import replace
-
-    pipeline_run = replace(pipeline_run, config_uri=uri)
-    log(f"config {loaded.path.name} (sha256 {loaded.sha256[:12]}) staged for the run: {uri}")
-    return pipeline_run
 
 
 def run_provenance_for_config(
@@ -257,11 +258,6 @@ def _read_previous(previous: dict[str, Any] | None, name: str, s3_client: Any) -
     except Exception:
         return None
     return json.loads(body)
-
-
-def staging_prefix(run: PipelineRun) -> str:
-    """Where a run's artifacts wait in object storage between tasks (removed after publish)."""
-    return run.staging_prefix
 
 
 def provenance_step(
@@ -605,10 +601,11 @@ def assemble_bundle(
     provenance: StagedProvenance,
     s3_client: Any,
     target: Path,
+    loaded: LoadedConfig,
 ) -> Path:
-    """Lay the run's staged evidence out as the bundle in the fresh folder ``target``."""
+    """Lay the run's staged evidence (and ``loaded``, its staged config) out as the bundle in the fresh
+    folder ``target``."""
     staging = run.staging(s3_client)
-    loaded = run_config(run, s3_client)
     target.mkdir(parents=True)
     (target / "config.yaml").write_text(loaded.text)
     staging.get_file(staging.name_of(provenance.provenance_uri), target / "provenance.json")
@@ -646,9 +643,7 @@ def end_dry_run(run: PipelineRun, plan: dict[str, Any], s3_client: Any, log: Log
     The validated frames staged for the explainer are removed; the estimate stays in the plan task's
     return value and log (and in the staged ``plan.json`` until the staging prefix expires).
     """
-    staging = run.staging(s3_client)
-    for name in staging.list("provenance/"):
-        s3_client.delete_object(Bucket=run.bucket, Key=staging.key("provenance/" + name))
+    run.staging(s3_client).remove_all("provenance/")
     message = (
         f"dry run (cost only): estimated {plan['estimate']:.6f} {plan['currency']} (high "
         f"{plan['estimate_high']:.6f}, from {plan['basis']}) against the budget {plan['budget']}: "
@@ -716,7 +711,7 @@ def publish_step(
             shutil.rmtree(signed)
         if explain is None or provenance is None or gate is None:
             raise StageFailed(f"nothing to resume at {staging.uri(SIGNED_BUNDLE)} and no run results given")
-        bundle_dir = assemble_bundle(run, explain, provenance, s3_client, signed)
+        bundle_dir = assemble_bundle(run, explain, provenance, s3_client, signed, loaded)
         from include.compliance.logs import collect_run_logs
 
         # All task logs of the run + the explainer's, secrets redacted (replaces the raw explain.log copy).

@@ -131,9 +131,9 @@ def _explain_arguments(
 
 
 def _stage_source_model(run: PipelineRun, staging: RunStaging) -> dict[str, str] | None:
-    """A user's model for the pods: a file on this worker is copied to the run's staging prefix
-    (pods share no disk with it) and pinned by sha256; an ``s3://`` object or an endpoint is read
-    by the pods where it is. None for a model of the model store."""
+    """A user's model for the shards: a file on this worker is copied to the run's staging prefix
+    (other workers and pods share no disk with it) and pinned by sha256; an object in a store, a
+    registry model or an endpoint is read where it is. None for a model of the model store."""
     from include.explainers.catalogue import catalogue_entries
     from include.explainers.model_store import is_source_model
     from include.paths import xac_home

@@ -190,11 +190,12 @@ class RunStaging:
             raise
         return True
 
-    def remove_all(self) -> int:
-        """Delete the whole staging prefix (after the bundle is published, or a dry run ends)."""
-        keys = self.list()
+    def remove_all(self, name: str = "") -> int:
+        """Delete everything under ``name`` (default: the whole staging prefix, after the bundle is
+        published); returns the count."""
+        keys = self.list(name)
         for start in range(0, len(keys), 1000):  # one request per 1,000 keys (botocore adds the checksum)
-            batch = [{"Key": self.key(name)} for name in keys[start : start + 1000]]
+            batch = [{"Key": self.key(name + relative)} for relative in keys[start : start + 1000]]
             answer = self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             if answer.get("Errors"):
                 failed = ", ".join(f"{e.get('Key')}: {e.get('Code')}" for e in answer["Errors"][:5])
