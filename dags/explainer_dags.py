@@ -218,7 +218,13 @@ def build_dag(loaded: LoadedConfig) -> DAG:
 
             run, staged = PipelineRun.from_json(ctx), StagedProvenance.from_json(prov)
             return fail_on_stage_error(
-                explain_shard_step, run, staged, budget, shard, connections.s3_client()
+                explain_shard_step,
+                run,
+                staged,
+                budget,
+                shard,
+                connections.s3_client(),
+                environment=connections.model_connection_environment(run.model_name),
             )
 
         @task(task_id="join_shards")

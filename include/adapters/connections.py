@@ -13,6 +13,8 @@ trusted public keys    ``xac_keyring``: password = PEM public      ``XAC_PUBLIC_
                        key(s)                                      keyring YAML); the demo key
 cost store             ``xac_cost_store`` (postgres)               ``XAC_COST_STORE_URL``; embedded:
                                                                    SQLite under ``$XAC_HOME``
+a model endpoint       the catalogue's ``source.connection``       ``AIRFLOW_CONN_<ID>`` already in
+                       (URL, login/password or token, headers)     the shard's environment
 =====================  ==========================================  ===================================
 
 On a shared deployment (:mod:`include.orchestration.deployment`) nothing is generated: a missing
@@ -147,3 +149,19 @@ def cost_store() -> Any:
             mode,
         )
     return CostStore()
+
+
+def model_connection_environment(model_name: str) -> dict[str, str]:
+    """``AIRFLOW_CONN_<ID>`` (Airflow's JSON form) for the shard process of a model whose endpoint
+    declares an Airflow connection (``source.connection``), resolved here through Airflow (metadata
+    DB, environment or secrets backend); the shard reads it with ``oip.endpoint_connection``. Empty
+    when the model declares none or Airflow has no such connection (the shard then names it)."""
+    from include.explainers.catalogue import catalogue_entries
+    from include.explainers.sources.oip import connection_variable
+
+    entry = catalogue_entries().get(model_name)
+    source = entry.source if entry is not None else None
+    if source is None or not source.connection:
+        return {}
+    conn = connection(source.connection)
+    return {connection_variable(source.connection): conn.as_json()} if conn is not None else {}

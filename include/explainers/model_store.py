@@ -271,6 +271,8 @@ def load_source_model(
         version=str(version),
         headers=source.headers,
         endpoint_output=source.output,
+        connection=source.connection,
+        model_name=name,
     )
     loaded = model_from_source(
         ref,

@@ -336,6 +336,11 @@ class ProfileSpec(_Strict):
     image: str = Field(description="Explainer image, pinned by tag or digest (never 'latest').")
     imagePullPolicy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
     imagePullSecrets: list[str] = Field(default_factory=list)
+    envFromSecrets: list[str] = Field(
+        default_factory=list,
+        description="Secrets whose every key becomes an environment variable of the explainer pods, "
+        "e.g. AIRFLOW_CONN_<ID> (the JSON form) of a model endpoint's connection.",
+    )
     serviceAccountName: str
     kubernetesConnId: str | None = Field(
         default=None, description="Airflow connection of the cluster (None: the provider's default)."
@@ -362,7 +367,7 @@ class ProfileSpec(_Strict):
             raise ValueError(f"{value!r} is not a valid service account name (DNS label)")
         return value
 
-    @field_validator("imagePullSecrets")
+    @field_validator("imagePullSecrets", "envFromSecrets")
     @classmethod
     def _secrets(cls, names: list[str]) -> list[str]:
         bad = [n for n in names if not is_dns1123_label(n)]

@@ -130,6 +130,7 @@ class PodTemplate:
     image_pull_policy: str
     service_account_name: str
     image_pull_secrets: tuple[str, ...]
+    env_from_secrets: tuple[str, ...]
     priority_class_name: str | None
     requests: Mapping[str, str]
     limits: Mapping[str, str]
@@ -174,6 +175,8 @@ class PodTemplate:
             # On a crash the last log lines become the termination message the operator reports.
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }
+        if self.env_from_secrets:  # credentials (e.g. an endpoint's connection) never in the spec
+            container["envFrom"] = [{"secretRef": {"name": n}} for n in self.env_from_secrets]
         spec: dict[str, Any] = {
             "restartPolicy": "Never",  # a failed shard is retried by Airflow, which records the try
             "serviceAccountName": self.service_account_name,
@@ -229,6 +232,7 @@ class PodTemplate:
             "security_context": _model(spec["securityContext"], "V1PodSecurityContext"),
             "container_security_context": _model(container["securityContext"], "V1SecurityContext"),
             "env_vars": [k8s.V1EnvVar(name=e["name"], value=e["value"]) for e in container["env"]],
+            "env_from": [_model(e, "V1EnvFromSource") for e in container.get("envFrom", [])],
             "volumes": [_model(v, "V1Volume") for v in spec["volumes"]],
             "volume_mounts": [_model(m, "V1VolumeMount") for m in container["volumeMounts"]],
             "termination_message_policy": container["terminationMessagePolicy"],
@@ -418,6 +422,7 @@ def pod_template(
         image_pull_policy=spec.imagePullPolicy,
         service_account_name=spec.serviceAccountName,
         image_pull_secrets=tuple(spec.imagePullSecrets),
+        env_from_secrets=tuple(spec.envFromSecrets),
         priority_class_name=spec.pod.priorityClassName,
         requests=requests,
         limits=limits,

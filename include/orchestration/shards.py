@@ -280,8 +280,12 @@ def explain_shard_step(
     shard: dict[str, Any],
     s3_client: Any,
     log: Any = print,
+    environment: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Local backend: run one shard's ``xac explain`` as a process; stream its log, measure it.
+
+    ``environment`` is added to the process's (e.g. the ``AIRFLOW_CONN_<ID>`` of the model
+    endpoint's connection, which the task resolved through Airflow).
 
     The process reads the staged config and frames and writes its outputs under the run's staging
     prefix; its log and the usage of a failed try are staged too (the join and the cost stage may run
@@ -295,7 +299,7 @@ def explain_shard_step(
     command = [*local_explain_command(run, provenance, params, out), "--shard", f"{index}/{count}"]
     if shard.get("model"):  # the staged or remote copy, pinned: this worker's model store is not read
         command += ["--model-uri", str(shard["model"]), "--model-sha256", str(shard["model_sha256"])]
-    extra = {}
+    extra = dict(environment or {})
     if s3_client.meta.endpoint_url:
         # the child reads the staged frames and writes its outputs through this task's endpoint
         extra["S3_ENDPOINT_URL"] = s3_client.meta.endpoint_url

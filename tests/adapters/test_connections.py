@@ -124,3 +124,30 @@ def test_the_cost_store_comes_from_its_connection(
     monkeypatch.setenv("XAC_COST_STORE_URL", f"sqlite:///{tmp_path / 'env' / 'costs.db'}")
     assert connections.cost_store().path == tmp_path / "env" / "costs.db"
     assert not shared.exists()
+
+
+def test_a_model_endpoints_airflow_connection_reaches_its_shard_as_json(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The explain task resolves the catalogue's ``source.connection`` through Airflow (here the URI
+    form of AIRFLOW_CONN_*, as a secrets backend may hold it) and hands the shard process Airflow's
+    JSON form, which ``oip.endpoint_connection`` reads; models without one get nothing."""
+    from include.explainers.sources.oip import endpoint_connection
+
+    catalogue = tmp_path / "models.yaml"
+    catalogue.write_text(
+        "models:\n  risk-served:\n    source: {type: oip, connection: risk_endpoint}\n"
+        "    defaultVersion: '1'\n    featureService: risk_features\n    entity: patient\n"
+    )
+    monkeypatch.setenv("XAC_MODEL_CATALOGUE", str(catalogue))
+    monkeypatch.setenv("AIRFLOW_CONN_RISK_ENDPOINT", "https://svc:pw@models.example.com:8443/")
+    environment = connections.model_connection_environment("risk-served")
+    assert set(environment) == {"AIRFLOW_CONN_RISK_ENDPOINT"}
+    assert json.loads(environment["AIRFLOW_CONN_RISK_ENDPOINT"])["password"] == "pw"
+    monkeypatch.setenv("AIRFLOW_CONN_RISK_ENDPOINT", environment["AIRFLOW_CONN_RISK_ENDPOINT"])
+    linked = endpoint_connection("risk_endpoint", "risk-served")
+    assert linked.url == "https://models.example.com:8443/v2/models/risk-served"
+    assert linked.headers["Authorization"] == "Basic c3ZjOnB3"
+    assert connections.model_connection_environment("diagnosis-risk") == {}
+    monkeypatch.delenv("AIRFLOW_CONN_RISK_ENDPOINT")
+    assert connections.model_connection_environment("risk-served") == {}  # the shard names it

@@ -19,15 +19,17 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from include.cli.main import main as xac
-from tests.explainers.mlserver import mlserver_executable, served_sklearn_model
+from tests.explainers.mlserver import grpc_url, mlserver_executable, served_sklearn_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ENDPOINT_TOKEN = "churn-endpoint-token-5f3a"
 FEATURES = ["tenure_months", "monthly_spend", "support_calls", "discount_rate", "late_payments"]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -235,7 +237,16 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "    defaultVersion: '1'\n"
         "    featureService: churn_features\n"
         "    entity: customer_id\n"
+        # the same server over gRPC, its address and token in an Airflow connection (URI form here,
+        # as a secrets backend may hold it): the explain task hands its shard the JSON form
+        "  churn-served-grpc:\n"
+        "    source: {type: oip, connection: churn_endpoint, output: predict_proba}\n"
+        "    defaultVersion: '1'\n"
+        "    featureService: churn_features\n"
+        "    entity: customer_id\n"
     )
+    grpc_port = urlsplit(grpc_url(endpoint, folder / "mlserver")).port
+    patch.setenv("AIRFLOW_CONN_CHURN_ENDPOINT", f"grpc://:{ENDPOINT_TOKEN}@127.0.0.1:{grpc_port}?model=churn")
     with (folder / "models.yaml").open("a") as catalogue:
         for name, kind, path, extra in [
             ("churn-lgb", "lightgbm", "churn.txt", ""),
@@ -256,6 +267,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         ("churn-xgb-treeshap", "churn-xgb", "SHAP", "TreeSHAP", ""),
         ("churn-net-ig", "churn-net", "Captum", "IntegratedGradients", "    steps: 32\n"),
         ("churn-served-kernelshap", "churn-served", "SHAP", "KernelSHAP", "    numSamples: 62\n"),
+        ("churn-served-grpc-kernelshap", "churn-served-grpc", "SHAP", "KernelSHAP", "    numSamples: 62\n"),
         ("churn-lgb-treeshap", "churn-lgb", "SHAP", "TreeSHAP", ""),
         ("churn-gbt-treeshap", "churn-gbt", "SHAP", "TreeSHAP", ""),
         ("churn-ts-ig", "churn-ts", "Captum", "IntegratedGradients", "    steps: 32\n"),
@@ -291,6 +303,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         ("churn-xgb-treeshap", "xgboost"),
         ("churn-net-ig", "mlflow"),
         ("churn-served-kernelshap", "oip"),
+        ("churn-served-grpc-kernelshap", "oip"),
         ("churn-lgb-treeshap", "lightgbm"),
         ("churn-gbt-treeshap", "skops"),
         ("churn-ts-ig", "torchscript"),
@@ -330,6 +343,8 @@ def test_a_teams_own_model_reaches_a_verified_bundle(
         assert recorded["details"]["alias"] == "champion" and recorded["details"]["flavor"] == "torch-export"
     if source == "oip":
         assert recorded["details"]["output"] == "predict_proba"
+        assert recorded["uri"].startswith("grpc://" if "grpc" in dag_id else "http://")
+        assert not [p for p in local.rglob("*") if p.is_file() and ENDPOINT_TOKEN.encode() in p.read_bytes()]
     for doc in docs:
         gap = doc["prediction"]["explained_output"]["value"] - doc["baseline"]["value"]
         assert sum(doc["attributions"]["features"].values()) == pytest.approx(gap, abs=1e-3)

@@ -27,6 +27,14 @@ def mlserver_executable() -> Path | None:
     return path if path.is_file() else None
 
 
+def grpc_url(url: str, folder: Path) -> str:
+    """The gRPC form of a model served from ``folder`` by :func:`served_sklearn_model` (its V2 URL)."""
+    from urllib.parse import urlsplit
+
+    port = json.loads((folder / "settings.json").read_text())["grpc_port"]
+    return f"grpc://127.0.0.1:{port}{urlsplit(url).path}"
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -256,3 +256,94 @@ def test_a_configs_inference_service_ref_names_the_endpoint(
     doc = json.loads(next((tmp_path / "out" / "explanations").glob("*.json")).read_text())
     assert doc["model"]["source"]["uri"] == server.url and doc["model"]["name"] == "risk-served"
     assert doc["model"]["task"] == "binary"
+
+
+def _catalogue(tmp_path: Path, source: str) -> Path:
+    catalogue = tmp_path / "models.yaml"
+    catalogue.write_text(
+        f"models:\n  risk-served:\n    source: {source}\n    defaultVersion: '1'\n"
+        "    featureService: risk_features\n    entity: patient\n"
+    )
+    return catalogue
+
+
+def test_an_airflow_connection_gives_the_endpoint_its_url_and_credentials(
+    classifier: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``source.connection``: the URL (host + /v2/models/<model>), a Bearer token (password) and
+    extra.headers come from Airflow's JSON form of the connection, never from the command line,
+    and the record names the URL only."""
+    import torch
+
+    from include.explainers.model_store import load_source_model
+
+    model, _ = classifier
+    catalogue = _catalogue(tmp_path, "{type: oip, connection: risk_endpoint, output: predict_proba}")
+    monkeypatch.setenv("XAC_MODEL_CATALOGUE", str(catalogue))
+    with V2Server("risk-served", model.predict_proba) as server:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_RISK_ENDPOINT",
+            json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": "127.0.0.1",
+                    "port": server.port,
+                    "schema": "http",
+                    "password": "tok-123",
+                    "extra": {"headers": {"X-Team": "clinical"}},
+                }
+            ),
+        )
+        loaded = load_source_model("risk-served", "1", COLUMNS)
+        out = loaded.module(torch.zeros((3, 5), dtype=torch.float64))
+        assert out.shape == (3, 2)
+        assert server.headers["Authorization"] == "Bearer tok-123" and server.headers["X-Team"] == "clinical"
+        assert loaded.origin.uri == server.url
+        assert "tok-123" not in json.dumps(loaded.origin.to_json())
+        # login + password: Basic auth; a full URL as the host is taken as it is
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_RISK_ENDPOINT",
+            json.dumps({"conn_type": "http", "host": server.url, "login": "svc", "password": "pw"}),
+        )
+        load_source_model("risk-served", "1", COLUMNS).module(torch.zeros((1, 5), dtype=torch.float64))
+        assert server.headers["Authorization"] == "Basic c3ZjOnB3"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, "is not available to this process: the explain task passes it as $AIRFLOW_CONN_RISK_ENDPOINT"),
+        ("http://u:p@host", "not Airflow's JSON connection form"),
+        ('{"conn_type": "http", "extra": {"headers": {"X": 1}}}', "extra.headers must map header names"),
+        ('{"conn_type": "http", "host": "ftp://h/x"}', "host makes no V2 URL"),
+        ('{"conn_type": "http"}', "names no host, and the source no uri"),
+    ],
+    ids=["missing", "uri-form", "bad-headers", "bad-host", "no-host"],
+)
+def test_a_bad_or_missing_endpoint_connection_is_a_clear_error(
+    value: str | None, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from include.explainers.errors import ModelLoadError
+    from include.explainers.model_store import load_source_model
+
+    monkeypatch.setenv(
+        "XAC_MODEL_CATALOGUE", str(_catalogue(tmp_path, "{type: oip, connection: risk_endpoint}"))
+    )
+    if value is None:
+        monkeypatch.delenv("AIRFLOW_CONN_RISK_ENDPOINT", raising=False)
+    else:
+        monkeypatch.setenv("AIRFLOW_CONN_RISK_ENDPOINT", value)
+    with pytest.raises(ModelLoadError) as caught:
+        load_source_model("risk-served", "1", COLUMNS)
+    assert expected in str(caught.value) and "risk_endpoint" in str(caught.value)
+
+
+def test_only_an_endpoint_source_declares_a_connection() -> None:
+    from include.explainers.sources import SourceDeclaration
+
+    declared, problems = SourceDeclaration.parse({"type": "skops", "uri": "m.skops", "connection": "c"})
+    assert declared is None and problems[0].field == "source.connection"
+    declared, problems = SourceDeclaration.parse({"type": "oip", "connection": "bad id!"})
+    assert declared is None and "Airflow connection id" in problems[0].message
+    declared, problems = SourceDeclaration.parse({"type": "oip", "connection": "risk_endpoint"})
+    assert declared is not None and not declared.from_inference_service and not problems

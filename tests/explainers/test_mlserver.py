@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from include.cli.main import main as xac
-from tests.explainers.mlserver import mlserver_executable, served_sklearn_model
+from tests.explainers.mlserver import grpc_url, mlserver_executable, served_sklearn_model
 
 COLUMNS = ["age", "bmi", "glucose", "pressure", "insulin"]
 
@@ -39,10 +39,12 @@ def model_and_rows(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, st
 
 
 @pytest.fixture(scope="module")
-def server_url(model_and_rows: tuple, tmp_path_factory: pytest.TempPathFactory):
+def served(model_and_rows: tuple, tmp_path_factory: pytest.TempPathFactory):
+    """The model's REST and gRPC URLs on one MLServer."""
     model, _, _ = model_and_rows
-    with served_sklearn_model(model, tmp_path_factory.mktemp("mlserver"), "risk", len(COLUMNS)) as url:
-        yield url
+    folder = tmp_path_factory.mktemp("mlserver")
+    with served_sklearn_model(model, folder, "risk", len(COLUMNS)) as url:
+        yield {"rest": url, "grpc": grpc_url(url, folder)}
 
 
 def _attributions(out: Path) -> np.ndarray:
@@ -51,10 +53,12 @@ def _attributions(out: Path) -> np.ndarray:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
 @pytest.mark.parametrize("method", ["KernelSHAP", "LIME"])
 def test_mlserver_and_in_process_give_the_same_attributions(
-    method: str, model_and_rows: tuple, server_url: str, tmp_path: Path
+    method: str, transport: str, model_and_rows: tuple, served: dict[str, str], tmp_path: Path
 ) -> None:
+    server_url = served[transport]
     _, local, rows = model_and_rows
     common = ["--data", str(rows), "--method", method, "--seed", "5"]
     trust = ["--skops-trust", "sklearn.tree._tree.Tree"]
@@ -66,13 +70,18 @@ def test_mlserver_and_in_process_give_the_same_attributions(
     doc = json.loads(next((tmp_path / "remote" / "explanations").glob("*.json")).read_text())
     source = doc["model"]["source"]
     assert source["source"] == "oip" and source["details"]["output"] == "predict_proba"
+    assert source["uri"] == server_url and f"({transport.upper() if transport == 'rest' else 'gRPC'})" in str(
+        source
+    )
     assert doc["model"]["task"] == "binary"
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("transport", ["rest", "grpc"])
 def test_mlserver_declared_inputs_are_checked(
-    model_and_rows: tuple, server_url: str, tmp_path: Path, capsys
+    transport: str, model_and_rows: tuple, served: dict[str, str], tmp_path: Path, capsys
 ) -> None:
+    server_url = served[transport]
     _, _, rows = model_and_rows
     narrow = tmp_path / "narrow.parquet"
     pd.read_parquet(rows).iloc[:, :4].to_parquet(narrow, index=False)

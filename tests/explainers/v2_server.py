@@ -41,6 +41,7 @@ class V2Server:
         self.output = output
         self.faults: collections.deque[tuple[str, float]] = collections.deque()
         self.infer_requests = 0
+        self.headers: dict[str, str] = {}  # of the last /infer request
         self.rows = 0
         self.max_concurrent = 0
         self._active = 0
@@ -72,6 +73,7 @@ class V2Server:
                     self._send(404, {"error": f"no model at {self.path}"})
 
             def do_POST(self) -> None:
+                server.headers = dict(self.headers.items())
                 length = int(self.headers.get("Content-Length", 0))
                 payload = json.loads(self.rfile.read(length))
                 if self.path != f"/v2/models/{server.name}/infer":

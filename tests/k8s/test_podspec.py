@@ -372,3 +372,18 @@ def test_gpu_pods_require_their_device_and_compiled_ig_shares_its_cache(
     compiled = env_of(ExplainerConfiguration.model_validate(data), eks)
     assert compiled["XAC_COMPILE_CACHE"] == f"s3://{ig.spec.storage.bucket}/_xac/compile-cache"
     assert compiled["TORCHINDUCTOR_CACHE_DIR"].endswith("/inductor")
+
+
+def test_env_from_secrets_reach_the_pod_by_reference_only(tabular: ExplainerConfiguration) -> None:
+    """A model endpoint's connection (AIRFLOW_CONN_<ID>) reaches the pods from a Secret named by the
+    cluster profile: the pod spec and the operator's kwargs refer to it, never hold its value."""
+    from include.k8s.cluster import ClusterProfileError
+
+    profile = edited_profile("default", lambda d: d["spec"].update(envFromSecrets=["endpoint-connections"]))
+    plan = plan_pod(tabular, profile, run_for(tabular), CMD)
+    assert _container(plan)["envFrom"] == [{"secretRef": {"name": "endpoint-connections"}}]
+    kwargs = pod_template(tabular, profile).kpo_kwargs()
+    assert [e.secret_ref.name for e in kwargs["env_from"]] == ["endpoint-connections"]
+    assert "envFrom" not in _container(plan_pod(tabular, shipped_profile("default"), run_for(tabular), CMD))
+    with pytest.raises(ClusterProfileError, match="not a DNS label"):
+        edited_profile("default", lambda d: d["spec"].update(envFromSecrets=["Endpoint_Connections"]))

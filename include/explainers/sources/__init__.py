@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import importlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -169,6 +170,8 @@ class LoadOptions:
     version: str | None = None
     headers: tuple[str, ...] = ()  # oip: "NAME: VALUE" request headers (VALUE "env:VAR" reads $VAR)
     endpoint_output: str | None = None  # oip: the output to request (e.g. predict_proba)
+    connection: str | None = None  # oip: the Airflow connection with the URL and/or credentials
+    model_name: str | None = None  # the catalogue model's name (an endpoint URL may end in it)
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,8 @@ class ModelSource:
     load: Callable[[str, LoadOptions], SourceModel]
 
 
-SOURCE_FIELDS = ("type", "uri", "trustedTypes", "output", "headers", "outputScale")
+SOURCE_FIELDS = ("type", "uri", "trustedTypes", "output", "headers", "outputScale", "connection")
+_CONN_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,7 @@ class SourceDeclaration:
     output: str | None = None
     headers: tuple[str, ...] = ()
     output_scale: str | None = None
+    connection: str | None = None  # oip: an Airflow connection (URL, credentials, headers)
 
     @classmethod
     def parse(cls, data: Any) -> tuple[SourceDeclaration | None, list[SourceProblem]]:
@@ -223,8 +228,14 @@ class SourceDeclaration:
             problems.append(
                 SourceProblem("source.type", f"{kind!r} is not one of {', '.join(known_sources())}")
             )
+        connection = data.get("connection")
+        if connection is not None and (not isinstance(connection, str) or not _CONN_ID.match(connection)):
+            problems.append(SourceProblem("source.connection", "expected an Airflow connection id"))
+            connection = None
+        elif connection is not None and kind != "oip":
+            problems.append(SourceProblem("source.connection", "only an oip (endpoint) source reads one"))
         if uri is None and kind == "oip":
-            uri = ""  # resolved from the config's spec.integration.inferenceServiceRef (KServe)
+            uri = ""  # the connection's URL, or the config's spec.integration.inferenceServiceRef (KServe)
         elif not isinstance(uri, str) or not uri.strip() or len(uri) > 2048:
             problems.append(
                 SourceProblem("source.uri", "a path, s3:// URI or V2 URL of at most 2048 characters")
@@ -244,14 +255,15 @@ class SourceDeclaration:
         if problems:
             return None, problems
         return (
-            cls(str(kind), str(uri), lists["trustedTypes"], output, lists["headers"], scale),
+            cls(str(kind), str(uri), lists["trustedTypes"], output, lists["headers"], scale, connection),
             [],
         )
 
     @property
     def from_inference_service(self) -> bool:
-        """An endpoint without a URI: the config's ``integration.inferenceServiceRef`` names it."""
-        return self.type == "oip" and not self.uri
+        """An endpoint without a URI or connection: the config's ``integration.inferenceServiceRef``
+        names it."""
+        return self.type == "oip" and not self.uri and not self.connection
 
     def location(self, version: str, xac_home: str) -> str:
         if self.from_inference_service:
@@ -259,6 +271,8 @@ class SourceDeclaration:
                 "this model is served by a KServe InferenceService: set spec.integration.inferenceServiceRef "
                 "in the config (or a source.uri in the model catalogue)"
             )
+        if self.type == "oip" and not self.uri:
+            return ""  # the connection's URL (oip.endpoint_connection)
         problem = model_version_problem(version)
         if "{version}" in self.uri and problem:
             raise ModelLoadError(f"{problem}; it cannot name a location")
