@@ -112,3 +112,16 @@ def test_grpc_metadata_is_checked_and_unknown_models_or_ports_are_clear_errors(
     assert _run("oip:grpc://127.0.0.1:1/models/risk", rows, tmp_path / "out") == 1
     assert "grpc(s)://HOST:PORT/v2/models/NAME" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_grpc_requests_stay_under_the_servers_message_limit(
+    classifier: tuple, rows: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gRPC servers refuse messages over 4 MiB unless configured: a request holds at most as many
+    rows as fit XAC_OIP_GRPC_MAX_MESSAGE, whatever XAC_OIP_BATCH_ROWS says."""
+    model, _ = classifier
+    monkeypatch.setenv("XAC_OIP_GRPC_MAX_MESSAGE", str(256 << 10))
+    with V2GrpcServer("risk", model.predict_proba, DECLARED) as server:
+        assert _run(f"oip:{server.url}", rows, tmp_path / "out") == 0
+    assert 0 < server.max_rows <= ((256 << 10) - (64 << 10)) // (len(COLUMNS) * 8)
+    assert server.rows > server.max_rows  # so the passes were cut into several requests

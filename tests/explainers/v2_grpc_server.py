@@ -42,6 +42,7 @@ class V2GrpcServer(GRPCInferenceServiceServicer):
         self.faults: collections.deque[tuple[str, Any]] = collections.deque()
         self.infer_requests = 0
         self.rows = 0
+        self.max_rows = 0  # in one request
         self.headers: dict[str, str] = {}
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         add_GRPCInferenceServiceServicer_to_server(self, self.server)
@@ -71,6 +72,7 @@ class V2GrpcServer(GRPCInferenceServiceServicer):
         rows = np.frombuffer(request.raw_input_contents[0], dtype="<f8").reshape(list(tensor.shape))
         out = np.asarray(self.predict(rows), dtype=np.float64)
         self.rows += rows.shape[0]
+        self.max_rows = max(self.max_rows, rows.shape[0])
         if fault is not None and fault[0] == "shape":
             out = out[:-1]
         item = pb.ModelInferResponse.InferOutputTensor(

@@ -251,6 +251,9 @@ class _BatchedClient:
         """One request: the answer's outputs as (name, flat values, shape)."""
         raise NotImplementedError
 
+    def rows_per_request(self, n_features: int, itemsize: int) -> int:
+        return self.settings.batch_rows
+
     def infer(
         self,
         rows: np.ndarray,
@@ -261,10 +264,13 @@ class _BatchedClient:
     ) -> np.ndarray:
         """Outputs for ``rows`` (N, F): N/batch_rows requests, at most ``concurrency`` at a time."""
         n = rows.shape[0]
-        starts = list(range(0, n, self.settings.batch_rows))
+        step = self.rows_per_request(
+            rows.shape[1] if rows.ndim == 2 else 1, np.dtype(_DATATYPES[datatype]).itemsize
+        )
+        starts = list(range(0, n, step))
 
         def one(start: int) -> np.ndarray:
-            block = rows[start : start + self.settings.batch_rows]
+            block = rows[start : start + step]
             return self._infer_block(block, input_name, datatype, output, per_column)
 
         if len(starts) == 1:
@@ -437,6 +443,7 @@ class GrpcEndpointClient(_BatchedClient):
         _, self.model_name, self.model_version = parse_endpoint(url)
         # gRPC metadata keys are lower-case; the content type is gRPC's own
         self.headers = tuple((k.lower(), v) for k, v in headers.items() if k.lower() != "content-type")
+        self.max_request_bytes = _env_int("XAC_OIP_GRPC_MAX_MESSAGE", 4 << 20, least=1 << 17)
         # gRPC's message limits are C ints: an answer of up to ~150 classes of doubles per row
         self.limit = min(_GRPC_MAX_MESSAGE, max(1 << 20, settings.batch_rows * 4096))
         options = [
@@ -448,6 +455,12 @@ class GrpcEndpointClient(_BatchedClient):
         else:
             self.channel = grpc.insecure_channel(parts.netloc, options)
         self.stub = GRPCInferenceServiceStub(self.channel)
+
+    def rows_per_request(self, n_features: int, itemsize: int) -> int:
+        """Up to ``batch_rows``, but no request over the server's gRPC message limit
+        (``XAC_OIP_GRPC_MAX_MESSAGE``, default gRPC's own 4 MiB, which servers keep unless set)."""
+        room = self.max_request_bytes - (64 << 10)  # headroom for the request's other fields
+        return max(1, min(self.settings.batch_rows, room // max(1, n_features * itemsize)))
 
     def _call(self, what: str, method: Any, request: Any) -> Any:
         import grpc
