@@ -2,8 +2,10 @@
 
 Exit codes are a public interface (CI pipelines and auditors script against them):
 0 success; 1 a check failed (invalid config, failed expectation, bundle that does not verify,
-unpriceable pod); 2 usage error (bad arguments); 3 the operation could not run (missing model,
-unreachable storage, unexpected error).
+unpriceable pod); 2 usage error (bad arguments; a file named on the command line that cannot be read
+or is too deeply nested to parse); 3 the operation could not run (missing model, unreachable storage,
+unexpected error). Each error is one stderr line naming the command and what failed (file, URI, field,
+flag), never only an exception type (see ``_error_line``); ``XAC_DEBUG=1`` re-raises instead.
 
 Sub-commands import what they need when they run, so ``xac config validate`` starts fast.
 """
@@ -40,6 +42,12 @@ def _config_paths(paths: Sequence[str]) -> list[Path]:
 def cmd_config_validate(args: argparse.Namespace) -> int:
     from include.configuration import ConfigError, load_config
 
+    # a PATH that is not there is a usage error (exit 2), not an invalid configuration (exit 1)
+    missing = [raw for raw in args.paths if not Path(raw).exists()]
+    for raw in missing:
+        print(f"xac config validate: {raw}: no such file or folder", file=sys.stderr)
+    if missing:
+        return EXIT_USAGE
     files = _config_paths(args.paths)
     if not files:
         print("no configuration files found", file=sys.stderr)
@@ -72,6 +80,35 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
     print(json.dumps(json_schema(), indent=2, sort_keys=True))
     return EXIT_OK
+
+
+def _iso_date(value: str) -> str:
+    """``--since``: an ISO date or timestamp, checked when the arguments are parsed (exit 2, not 3)."""
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO date or timestamp (e.g. 2025-01-31 or 2025-01-31T12:00:00Z), not {value!r}"
+        ) from None
+    return value
+
+
+def _int_between(low: int, high: int | None = None):
+    """An int flag with its allowed range, checked when the arguments are parsed (exit 2, not 3)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {value!r}") from None
+        if number < low or (high is not None and number > high):
+            allowed = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"{number} is out of range: {allowed}")
+        return number
+
+    return parse
 
 
 def _parse_shard(value: str) -> tuple[int, int]:
@@ -248,6 +285,11 @@ def cmd_bundle_verify(args: argparse.Namespace) -> int:
     except KeyringError as exc:
         print(exc, file=sys.stderr)
         return EXIT_ERROR
+    except (UnicodeDecodeError, RecursionError) as exc:  # a key file that is not the text it should be
+        problem = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "too deeply nested"
+        sources = ", ".join(args.public_key or ["$XAC_PUBLIC_KEY or the local public key"])
+        print(f"xac bundle verify: public key {sources}: {problem}", file=sys.stderr)
+        return EXIT_ERROR
     target = args.target
     needs_s3 = target.startswith("s3://") or args.chain
     report = verify_bundle(
@@ -308,15 +350,25 @@ def cmd_bundle_list(args: argparse.Namespace) -> int:
     client = _s3()
     rows = []
     for bucket in [args.bucket] if args.bucket else _default_buckets():
-        for summary in list_bundles(client, bucket, prefix=args.prefix or "", model=args.model, since=since):
-            rows.append(summary)
+        rows += list_bundles(
+            client,
+            bucket,
+            prefix=args.prefix or "",
+            model=args.model,
+            since=since,
+            include_incomplete=args.include_incomplete,
+        )
+    # oldest first across buckets too (each bucket's listing already is)
+    epoch = datetime.min.replace(tzinfo=UTC)
+    rows.sort(key=lambda r: (r.created_at or epoch, r.uri))
     if args.json:
-        print(json.dumps([_as_dict(r) for r in rows], indent=2, default=str))
+        print(json.dumps([r.to_dict() for r in rows], indent=2, default=str))
     else:
         for r in rows:
-            d = _as_dict(r)
-            fields = (d.get("created_at"), d.get("model"), str(d.get("bundle_id"))[:16], d.get("uri"))
-            print("\t".join(str(f) for f in fields))
+            state = "" if r.complete else f"\t{'FLAGGED: ' + r.problem if r.problem else 'incomplete'}"
+            created = r.created_at.isoformat() if r.created_at else None
+            fields = (created, r.model, str(r.bundle_id)[:16], r.uri)
+            print("\t".join(str(f) for f in fields) + state)
     return EXIT_OK
 
 
@@ -612,15 +664,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the verification report as JSON (same exit codes)"
     )
     verify.add_argument(
-        "--max-depth", type=int, metavar="N", help="with --chain: follow at most N links back"
+        "--max-depth", type=_int_between(0), metavar="N", help="with --chain: follow at most N links back"
     )
     verify.set_defaults(func=cmd_bundle_verify)
     listing = bundle_sub.add_parser("list", help="list complete bundles")
     listing.add_argument("--bucket", help="default: every bucket named by the configs")
     listing.add_argument("--prefix")
     listing.add_argument("--model")
-    listing.add_argument("--since", metavar="DATE", help="ISO date or timestamp")
+    listing.add_argument("--since", type=_iso_date, metavar="DATE", help="ISO date or timestamp")
     listing.add_argument("--json", action="store_true")
+    listing.add_argument(
+        "--include-incomplete",
+        action="store_true",
+        help="also unfinished publishes and locations whose manifest cannot be read (flagged)",
+    )
     listing.set_defaults(func=cmd_bundle_list)
     download = bundle_sub.add_parser("download", help="download a bundle")
     download.add_argument("uri", metavar="S3_URI")
@@ -629,7 +686,11 @@ def build_parser() -> argparse.ArgumentParser:
     presign = bundle_sub.add_parser("presign", help="time-limited download links for every file of a bundle")
     presign.add_argument("uri", metavar="S3_URI")
     presign.add_argument(
-        "--expires", type=int, default=3600, metavar="SECONDS", help="default 3600, max 7 days"
+        "--expires",
+        type=_int_between(1, 7 * 24 * 3600),
+        default=3600,
+        metavar="SECONDS",
+        help="default 3600, max 7 days",
     )
     presign.add_argument("--json", action="store_true")
     presign.set_defaults(func=cmd_bundle_presign)
@@ -707,6 +768,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The arguments that name what a command reads (files, folders, URIs): an error names them.
+_INPUT_ARGS = (
+    "paths",
+    "config",
+    "model",
+    "data",
+    "background",
+    "inference",
+    "target",
+    "public_key",
+    "uri",
+    "pod",
+    "pricing",
+    "usage",
+    "node",
+    "cluster_profile",
+    "source",
+    "reference",
+)
+
+
+def _command(args: argparse.Namespace) -> str:
+    """``xac bundle verify``: the sub-command that ran, for the first word of an error."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return " ".join(("xac", args.command, *([sub] if sub else [])))
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """The files, folders and URIs given on the command line, in the order of ``_INPUT_ARGS``."""
+    out: list[str] = []
+    for name in _INPUT_ARGS:
+        value = getattr(args, name, None)
+        if value is None or isinstance(value, bool):
+            continue
+        out += [str(v) for v in (value if isinstance(value, list | tuple) else [value])]
+    return out
+
+
+def _given(filename: object, inputs: Sequence[str]) -> bool:
+    """Whether an OSError's file is one the user named (also as ``SOURCE:LOCATION``)."""
+    if not isinstance(filename, str | bytes | os.PathLike):
+        return False
+    target = os.path.abspath(os.fsdecode(filename))
+    named = {os.path.abspath(part) for raw in inputs for part in (raw, raw.split(":", 1)[-1]) if part}
+    return target in named
+
+
+def _error_line(exc: BaseException, args: argparse.Namespace) -> tuple[str, int]:
+    """One readable line for an exception no sub-command turned into its own message, and the exit code:
+    2 when a file the user named cannot be read or an input is too deeply nested (usage), else 3.
+    The line names the command and the input; never only a Python exception type."""
+    command, inputs = _command(args), _inputs(args)
+    on = f" (input: {', '.join(inputs)})" if inputs else ""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        reason = exc.strerror or str(exc)
+        if _given(exc.filename, inputs):
+            return f"{command}: {os.fsdecode(exc.filename)}: {reason}", EXIT_USAGE
+        other = f" -> {os.fsdecode(exc.filename2)}" if exc.filename2 is not None else ""
+        return f"{command}: cannot access {os.fsdecode(exc.filename)}{other}: {reason}{on}", EXIT_ERROR
+    if isinstance(exc, RecursionError):
+        if inputs:
+            return f"{command}: input too deeply nested to read: {', '.join(inputs)}", EXIT_USAGE
+        return f"{command}: could not run: too deeply nested", EXIT_ERROR
+    if isinstance(exc, OSError):
+        detail = exc.strerror or str(exc) or "input/output failed"
+    elif isinstance(exc, KeyError):
+        detail = f"missing field {exc.args[0]!r}" if exc.args else "a required field is missing"
+    elif isinstance(exc, UnicodeDecodeError):
+        detail = f"not UTF-8 text (byte {exc.start})"
+    else:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "an unexpected internal error"
+    return f"{command}: could not run{on}: {detail} (set XAC_DEBUG=1 for the traceback)", EXIT_ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -714,11 +849,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # the last resort: one readable line, exit code 3
+    except Exception as exc:  # the last resort: one readable line naming the command and its input
         if os.environ.get("XAC_DEBUG"):
             raise
-        print(f"xac: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        line, code = _error_line(exc, args)
+        print(line, file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from include.compliance.errors import (
     BundleError,
     IncompleteBundleError,
     ManifestError,
+    OversizedObjectError,
     UnsafeBundleError,
     UnsafePathError,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "KeyringError",
     "Manifest",
     "ManifestError",
+    "OversizedObjectError",
     "PublishStats",
     "TrustedKey",
     "UnsafeBundleError",

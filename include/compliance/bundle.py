@@ -153,6 +153,8 @@ class Manifest:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ManifestError(f"{MANIFEST_NAME}: not valid JSON ({exc})") from exc
+        except RecursionError:  # a hostile object: no real manifest nests more than a few levels
+            raise ManifestError(f"{MANIFEST_NAME}: nested too deeply to be a manifest") from None
         manifest = cls.from_dict(doc)
         manifest.raw = bytes(data)
         return manifest

@@ -15,6 +15,11 @@ class ManifestError(BundleError):
     """manifest.json is missing, not JSON, or does not have the expected shape."""
 
 
+class OversizedObjectError(ManifestError):
+    """A bundle metadata object (manifest, statement, claim, key) is larger than any real one can be:
+    it is not read whole (a hostile or broken object must not exhaust a reader's memory)."""
+
+
 class UnsafePathError(BundleError):
     """An untrusted manifest names paths that would escape the target folder; nothing was written."""
 

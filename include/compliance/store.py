@@ -53,6 +53,7 @@ from include.compliance.errors import (
     BundleError,
     IncompleteBundleError,
     ManifestError,
+    OversizedObjectError,
     UnsafePathError,
 )
 
@@ -123,15 +124,35 @@ def _head(s3_client: Any, bucket: str, key: str) -> dict[str, Any] | None:
         raise
 
 
-def _get_bytes(s3_client: Any, bucket: str, key: str) -> bytes | None:
+# The largest manifest, statement, claim or key file a reader takes whole: a real manifest lists
+# ~120 bytes per file, so this is a bundle of ~250,000 files.
+METADATA_MAX_BYTES = 32 << 20
+
+
+def _get_bytes(s3_client: Any, bucket: str, key: str, limit: int | None = None) -> bytes | None:
+    """The whole object, None when absent; over ``limit`` bytes (default METADATA_MAX_BYTES) raises
+    OversizedObjectError unread."""
     from botocore.exceptions import ClientError
 
+    limit = METADATA_MAX_BYTES if limit is None else limit
     try:
-        return bytes(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        answer = s3_client.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         if _is_not_found(exc):
             return None
         raise
+    body = answer["Body"]
+    try:
+        if int(answer.get("ContentLength") or 0) > limit:
+            raise OversizedObjectError(
+                f"s3://{bucket}/{key}: {answer['ContentLength']} bytes, over the {limit}-byte limit"
+            )
+        data = bytes(body.read(limit + 1))
+    finally:
+        body.close()
+    if len(data) > limit:
+        raise OversizedObjectError(f"s3://{bucket}/{key}: over the {limit}-byte limit")
+    return data
 
 
 def _remote_sha256(s3_client: Any, bucket: str, key: str) -> str:
@@ -577,11 +598,15 @@ class BundleSummary:
     total_bytes: int | None
     previous_bundle: dict[str, str] | None
     run: dict[str, Any]
+    # Why the manifest could not be read (hostile, oversized or broken): such a bundle is listed as
+    # incomplete, flagged, and never stops the listing of the others.
+    problem: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "uri": self.uri,
             "complete": self.complete,
+            "problem": self.problem,
             "bundle_id": self.bundle_id,
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "model": self.model,
@@ -607,20 +632,21 @@ def _summary(
     s3_client: Any, bucket: str, root: str, complete: bool, has_manifest: bool, has_claim: bool
 ) -> BundleSummary:
     manifest: Manifest | None = None
+    problem = None
     if has_manifest:
-        raw = _get_bytes(s3_client, bucket, f"{root}/{MANIFEST_NAME}")
-        if raw is not None:
-            try:
-                manifest = Manifest.from_bytes(raw)
-            except ManifestError:
-                manifest = None
+        try:
+            raw = _get_bytes(s3_client, bucket, f"{root}/{MANIFEST_NAME}")
+            manifest = Manifest.from_bytes(raw) if raw is not None else None
+        except ManifestError as exc:
+            problem = str(exc)
     bundle_id = manifest.bundle_id if manifest else None
     if bundle_id is None and has_claim:
-        claim = _get_bytes(s3_client, bucket, f"{root}/{CLAIM_NAME}")
         try:
-            bundle_id = json.loads(claim or b"{}").get("bundle_id")
-        except ValueError:
+            claim = json.loads(_get_bytes(s3_client, bucket, f"{root}/{CLAIM_NAME}") or b"{}")
+            bundle_id = claim.get("bundle_id") if isinstance(claim, dict) else None
+        except (ValueError, RecursionError, ManifestError):
             bundle_id = None
+        bundle_id = bundle_id if isinstance(bundle_id, str) else None
     run = manifest.run if manifest else {}
     return BundleSummary(
         uri=bundle_uri(bucket, root),
@@ -636,6 +662,7 @@ def _summary(
         total_bytes=manifest.total_bytes if manifest else None,
         previous_bundle=manifest.previous_bundle if manifest else None,
         run=run,
+        problem=problem,
     )
 
 

@@ -40,7 +40,7 @@ from include.compliance_ui.catalog import (
     Verification,
     VerificationCache,
     bundle_locations,
-    collect_bundles,
+    collect_catalog,
     group_by_model,
 )
 
@@ -204,6 +204,7 @@ def render_page(
     user: str,
     has_key: bool,
     key_note: str,
+    flagged: int = 0,
 ) -> str:
     sections = []
     for model, rows in groups.items():
@@ -247,7 +248,18 @@ def render_page(
         f"<p class='muted'>Signed in as <b class='user'>{_esc(user)}</b>. {_esc(key_note)} "
         "Values come from each bundle's manifest; a bundle is trustworthy once it shows <i>verified</i>. "
         "Offline: <code>xac bundle verify s3://…</code>.</p>"
-        f"{''.join(sections)}</body></html>"
+        f"{''.join(sections)}{_flagged_note(flagged)}</body></html>"
+    )
+
+
+def _flagged_note(flagged: int) -> str:
+    if not flagged:
+        return ""
+    return (
+        f'<p class="flagged status bad" data-flagged="{flagged}">{flagged} bundle location'
+        f"{'s' if flagged != 1 else ''} could not be read (a manifest that is oversized, nested too "
+        "deeply or not a manifest) and {'were' if flagged != 1 else 'was'} skipped. An administrator "
+        "finds {'them' if flagged != 1 else 'it'} with <code>xac bundle list --include-incomplete</code>.</p>"
     )
 
 
@@ -300,10 +312,12 @@ def create_app(settings: Settings) -> FastAPI:
         except (OSError, KeyringError):
             return None
 
-    def _visible_rows(user: Principal) -> list[BundleRow]:
-        rows = collect_bundles(settings.s3_client(), settings.locations())
-        allowed = user.readable_dag_ids({r.dag_id for r in rows if r.dag_id})
-        return [r for r in rows if r.dag_id in allowed]
+    def _visible_rows(user: Principal) -> tuple[list[BundleRow], int]:
+        """The rows the user may read, and how many locations were flagged as unreadable (a count
+        only: an unreadable manifest names no DAG, so nothing of it is shown to anyone here)."""
+        catalog = collect_catalog(settings.s3_client(), settings.locations())
+        allowed = user.readable_dag_ids({r.dag_id for r in catalog.rows if r.dag_id})
+        return [r for r in catalog.rows if r.dag_id in allowed], len(catalog.flagged)
 
     def _authorised_bundle(user: Principal, uri: str) -> Any:
         """The manifest of ``uri`` when it is a configured bundle of a DAG the user may read; else 404."""
@@ -324,7 +338,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/", response_class=HTMLResponse)
     async def page(request: Request) -> Response:
         user = await principal(request)
-        rows = _visible_rows(user)
+        rows, flagged = _visible_rows(user)
         key = _key()
         results = {r.uri: settings.verification.get(r.uri, r.bundle_id) for r in rows}
         if request.query_params.get("verify") == "all" and key is not None:
@@ -338,7 +352,12 @@ def create_app(settings: Settings) -> FastAPI:
             else "No trusted public key is configured (XAC_PUBLIC_KEY): bundles cannot be verified here."
         )
         content = render_page(
-            group_by_model(rows), results, user=user.name, has_key=key is not None, key_note=key_note
+            group_by_model(rows),
+            results,
+            user=user.name,
+            has_key=key is not None,
+            key_note=key_note,
+            flagged=flagged,
         )
         return HTMLResponse(
             content, headers={"Cache-Control": "no-store", "Content-Security-Policy": PAGE_CSP}
@@ -354,12 +373,14 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/api/bundles")
     async def api_bundles(request: Request) -> Response:
         user = await principal(request)
-        rows = _visible_rows(user)
+        rows, flagged = _visible_rows(user)
         out = []
         for r in rows:
             cached = settings.verification.get(r.uri, r.bundle_id)
             out.append({**r.to_dict(), "verification": cached.to_dict() if cached else None})
-        return JSONResponse({"user": user.name, "bundles": out}, headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"user": user.name, "bundles": out, "flagged": flagged}, headers={"Cache-Control": "no-store"}
+        )
 
     @app.post("/api/verify")
     async def api_verify(request: Request, uri: str) -> Response:

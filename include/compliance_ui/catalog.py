@@ -7,6 +7,7 @@ and says whether it verified.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -63,10 +64,15 @@ class BundleRow:
 
 
 def _number(value: Any) -> float | None:
+    """A manifest is untrusted: a non-number, a non-finite one or one past a float's range (a
+    400-digit integer) is shown as "-", not a crash."""
+    if value is None or isinstance(value, bool):
+        return None
     try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None  # a manifest is untrusted: a non-number is shown as "-", not a crash
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _text(value: Any) -> str | None:
@@ -131,21 +137,46 @@ def bundle_locations(directory: Path | None = None) -> dict[str, list[str]]:
     return merged
 
 
-def collect_bundles(s3_client: Any, locations: dict[str, list[str]]) -> list[BundleRow]:
-    """Every complete bundle under ``locations``, newest first (no verification here)."""
+@dataclass(frozen=True)
+class FlaggedObject:
+    """A bundle location whose manifest could not be read (hostile, oversized or broken)."""
+
+    uri: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class Catalog:
+    rows: list[BundleRow]  # complete bundles, newest first
+    flagged: list[FlaggedObject]  # skipped, so that one bad object never takes the page down
+
+
+def collect_catalog(s3_client: Any, locations: dict[str, list[str]]) -> Catalog:
+    """Every complete bundle under ``locations``, newest first, and the flagged locations (no
+    verification here)."""
     from include.compliance import list_bundles
 
     rows: dict[str, BundleRow] = {}
+    flagged: dict[str, FlaggedObject] = {}
     for bucket, prefixes in locations.items():
         for prefix in prefixes:
-            for summary in list_bundles(s3_client, bucket, prefix=prefix):
-                rows.setdefault(summary.uri, row_from_summary(summary))
+            for summary in list_bundles(s3_client, bucket, prefix=prefix, include_incomplete=True):
+                if summary.problem:
+                    flagged.setdefault(summary.uri, FlaggedObject(summary.uri, summary.problem))
+                elif summary.complete:
+                    rows.setdefault(summary.uri, row_from_summary(summary))
     epoch = datetime.min
-    return sorted(
+    ordered = sorted(
         rows.values(),
         key=lambda r: (r.created_at.replace(tzinfo=None) if r.created_at else epoch, r.uri),
         reverse=True,
     )
+    return Catalog(ordered, sorted(flagged.values(), key=lambda f: f.uri))
+
+
+def collect_bundles(s3_client: Any, locations: dict[str, list[str]]) -> list[BundleRow]:
+    """Every complete bundle under ``locations``, newest first (no verification here)."""
+    return collect_catalog(s3_client, locations).rows
 
 
 def group_by_model(rows: Iterable[BundleRow]) -> dict[str, list[BundleRow]]:

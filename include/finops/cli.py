@@ -4,8 +4,9 @@ The FOCUS rows go to stdout as a JSON array (pipe them into jq or a file); a one
 goes to stderr. Without ``--usage``, the usage sources configured by environment are asked
 (``XAC_PROMETHEUS_URL``: see include/finops/usage_sources.py); with none, requests are billed.
 Exit codes follow include/cli/main.py: 0 priced; 1 the pod cannot be priced (PricingError: no
-start/finish time, no resources, a GPU resource without a price); 2 an input file is missing or
-is not the JSON/YAML it should be.
+start/finish time, no resources, a GPU resource without a price); 2 an input file is missing, is
+a folder, is not UTF-8 text, is not the JSON/YAML it should be (also: too deeply nested), or a price
+catalogue is not shaped as one.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def _read(path: str | Path, what: str) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise _InputError(f"{what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise _InputError(f"{what} {path}: not UTF-8 text (byte {exc.start})") from None
     try:
         # YAML is a superset of JSON: a cluster profile or node may be written either way.
         return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -39,6 +42,8 @@ def _read(path: str | Path, what: str) -> Any:
         raise _InputError(
             f"{what} {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
         ) from None
+    except RecursionError:
+        raise _InputError(f"{what} {path}: too deeply nested to be a {what} file") from None
 
 
 def run_cost_command(
@@ -67,6 +72,16 @@ def run_cost_command(
         catalogue = load_catalogue(pricing_path or DEFAULT_CATALOGUE)
     except OSError as exc:
         print(f"xac cost: pricing {pricing_path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        kind = "JSON" if Path(pricing_path or DEFAULT_CATALOGUE).suffix == ".json" else "YAML"
+        print(f"xac cost: pricing {pricing_path}: not valid {kind}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UnicodeDecodeError as exc:
+        print(f"xac cost: pricing {pricing_path}: not UTF-8 text (byte {exc.start})", file=sys.stderr)
+        return EXIT_USAGE
+    except RecursionError:
+        print(f"xac cost: pricing {pricing_path}: too deeply nested to be a price catalogue", file=sys.stderr)
         return EXIT_USAGE
     except PricingError as exc:
         print(f"xac cost: pricing: {exc}", file=sys.stderr)

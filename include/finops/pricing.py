@@ -55,6 +55,8 @@ def load_catalogue(path: Path | str = DEFAULT_CATALOGUE) -> PriceCatalogue:
         raise PricingError(f"{path}: expected a mapping of prices")
     if "prices" in data:
         raw_prices = data["prices"]
+        if not isinstance(raw_prices, dict):
+            raise PricingError(f"{path}: prices: expected a mapping of resource to an hourly price")
         currency = str(data.get("currency", "USD"))
         effective = str(data.get("effectiveDate", ""))
     else:  # OpenCost custom pricing: flat keys, hourly prices as strings
@@ -65,9 +67,12 @@ def load_catalogue(path: Path | str = DEFAULT_CATALOGUE) -> PriceCatalogue:
     missing = [k for k in ("CPU", "RAM") if k not in prices]
     if missing:
         raise PricingError(f"{path}: missing price(s) {', '.join(missing)}")
+    raw_gpu_models = data.get("gpuModels") or {}
+    if not isinstance(raw_gpu_models, dict) or not all(isinstance(e, dict) for e in raw_gpu_models.values()):
+        raise PricingError(f"{path}: gpuModels: expected a mapping of GPU model to a mapping of prices")
     gpu_models = {
         model: {k: _decimal(v, f"{path}: gpuModels.{model}.{k}") for k, v in entry.items()}
-        for model, entry in (data.get("gpuModels") or {}).items()
+        for model, entry in raw_gpu_models.items()
     }
     # OpenCost's flat "storage" is a persistent-volume price per GB-hour (its default file has one), not
     # the object-storage prices per storage class and GiB-month that bundles are priced with: not read.

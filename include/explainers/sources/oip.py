@@ -140,6 +140,17 @@ def _headers(options: LoadOptions) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class InferTarget:
+    """What every request names: one ``[N, F]`` input (or one ``[N, 1]`` input per column, by
+    name), their datatype, and the output to read (None: the server's default)."""
+
+    input_name: str
+    datatype: str
+    output: str | None
+    per_column: tuple[str, ...] | None
+
+
 def connection_variable(conn_id: str) -> str:
     """Airflow's environment variable for connection ``conn_id`` (how a shard process or a pod gets it)."""
     return f"AIRFLOW_CONN_{conn_id.upper()}"
@@ -243,10 +254,7 @@ class _BatchedClient:
     def _send_block(
         self,
         block: np.ndarray,
-        input_name: str,
-        datatype: str,
-        output: str | None,
-        per_column: list[str] | None,
+        target: InferTarget,
     ) -> list[tuple[str, np.ndarray, list[int]]]:
         """One request: the answer's outputs as (name, flat values, shape)."""
         raise NotImplementedError
@@ -257,21 +265,18 @@ class _BatchedClient:
     def infer(
         self,
         rows: np.ndarray,
-        input_name: str,
-        datatype: str,
-        output: str | None,
-        per_column: list[str] | None,
+        target: InferTarget,
     ) -> np.ndarray:
         """Outputs for ``rows`` (N, F): N/batch_rows requests, at most ``concurrency`` at a time."""
         n = rows.shape[0]
         step = self.rows_per_request(
-            rows.shape[1] if rows.ndim == 2 else 1, np.dtype(_DATATYPES[datatype]).itemsize
+            rows.shape[1] if rows.ndim == 2 else 1, np.dtype(_DATATYPES[target.datatype]).itemsize
         )
         starts = list(range(0, n, step))
 
         def one(start: int) -> np.ndarray:
             block = rows[start : start + step]
-            return self._infer_block(block, input_name, datatype, output, per_column)
+            return self._infer_block(block, target)
 
         if len(starts) == 1:
             return one(0)
@@ -281,15 +286,13 @@ class _BatchedClient:
     def _infer_block(
         self,
         block: np.ndarray,
-        input_name: str,
-        datatype: str,
-        output: str | None,
-        per_column: list[str] | None,
+        target: InferTarget,
     ) -> np.ndarray:
         m = block.shape[0]
-        cast = np.ascontiguousarray(block.astype(_DATATYPES[datatype], copy=False))
+        cast = np.ascontiguousarray(block.astype(_DATATYPES[target.datatype], copy=False))
+        output = target.output
         with self.gate:
-            outputs = self._send_block(cast, input_name, datatype, output, per_column)
+            outputs = self._send_block(cast, target)
         self.requests_sent += 1
         self.rows_sent += m
         where = f"{self.url} (infer)"
@@ -378,15 +381,17 @@ class EndpointClient(_BatchedClient):
     def _send_block(
         self,
         cast: np.ndarray,
-        input_name: str,
-        datatype: str,
-        output: str | None,
-        per_column: list[str] | None,
+        target: InferTarget,
     ) -> list[tuple[str, np.ndarray, list[int]]]:
-        m = cast.shape[0]
-        if per_column is None:
+        m, datatype, output = cast.shape[0], target.datatype, target.output
+        if target.per_column is None:
             inputs = [
-                {"name": input_name, "shape": [m, cast.shape[1]], "datatype": datatype, "data": cast.ravel()}
+                {
+                    "name": target.input_name,
+                    "shape": [m, cast.shape[1]],
+                    "datatype": datatype,
+                    "data": cast.ravel(),
+                }
             ]
         else:
             inputs = [
@@ -396,7 +401,7 @@ class EndpointClient(_BatchedClient):
                     "datatype": datatype,
                     "data": np.ascontiguousarray(cast[:, k]),
                 }
-                for k, column in enumerate(per_column)
+                for k, column in enumerate(target.per_column)
             ]
         payload: dict[str, Any] = {"inputs": inputs}
         if output is not None:
@@ -507,19 +512,17 @@ class GrpcEndpointClient(_BatchedClient):
     def _send_block(
         self,
         cast: np.ndarray,
-        input_name: str,
-        datatype: str,
-        output: str | None,
-        per_column: list[str] | None,
+        target: InferTarget,
     ) -> list[tuple[str, np.ndarray, list[int]]]:
         from open_inference.grpc.protocol import ModelInferRequest
 
         m = cast.shape[0]
         little = cast.astype(cast.dtype.newbyteorder("<"), copy=False)  # the protocol's byte order
+        datatype, per_column = target.datatype, target.per_column
         if per_column is None:
             inputs = [
                 ModelInferRequest.InferInputTensor(
-                    name=input_name, datatype=datatype, shape=[m, cast.shape[1]]
+                    name=target.input_name, datatype=datatype, shape=[m, cast.shape[1]]
                 )
             ]
             raw = [little.tobytes()]
@@ -532,8 +535,8 @@ class GrpcEndpointClient(_BatchedClient):
         request = ModelInferRequest(model_name=self.model_name, inputs=inputs, raw_input_contents=raw)
         if self.model_version:
             request.model_version = self.model_version
-        if output is not None:
-            request.outputs.append(ModelInferRequest.InferRequestedOutputTensor(name=output))
+        if target.output is not None:
+            request.outputs.append(ModelInferRequest.InferRequestedOutputTensor(name=target.output))
         answer = self._call("ModelInfer", self.stub.ModelInfer, request)
         read = []
         for index, item in enumerate(answer.outputs):
@@ -623,8 +626,10 @@ def load_endpoint(location: str, options: LoadOptions) -> SourceModel:
         )
     spec = OutputSpec("binary", "probabilities") if output and "prob" in output.lower() else None
 
+    target = InferTarget(input_name, datatype, output, tuple(per_column) if per_column else None)
+
     def predict(rows: np.ndarray) -> np.ndarray:
-        return client.infer(rows, input_name, datatype, output, per_column)
+        return client.infer(rows, target)
 
     def infer_output(n_features: int) -> OutputSpec | None:
         """One zero row: an output named like probabilities is read as such, otherwise width decides."""
