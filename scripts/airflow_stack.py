@@ -432,29 +432,26 @@ def shared_deployment_environment(db_url: str) -> dict[str, str]:
 
 
 SHARED_MODEL_STORE = "s3://xac-models/team-models"
+SHARED_FEATURE_STORE = "postgresql://postgres@127.0.0.1:5432/xac_features"
 
 
 def shared_services_environment(folder: Path, model_store: str = SHARED_MODEL_STORE) -> dict[str, str]:
     """What a team's workers share besides Airflow's own services: the feature store and the model
     store (the caller's XAC_HOME holds the prepared samples, and S3 is reachable).
 
-    The feature store is the samples' Feast repository applied in the caller's XAC_HOME, seen through a
-    copy whose registry and online store are named by absolute paths (a stand-in for a team's registry
-    service and data lake: no worker's XAC_HOME holds it). The model store is S3: the sample models are
-    pushed there, as a team's CI would with ``xac models push``.
+    The feature store is the samples' Feast repository on PostgreSQL (``SHARED_FEATURE_STORE``: SQL
+    registry, the sources as tables of the PostgreSQL offline store, the online store;
+    examples/feature_repo/postgres.py), as a team's shared feature store: no worker's disk holds any
+    of it. The model store is S3: the sample models are pushed there, as a team's CI would with
+    ``xac models push``.
     """
+    from examples.feature_repo.postgres import write_postgres_repo
     from examples.models import train_sample_models
     from include.compliance import ensure_bucket, parse_s3_uri
     from include.explainers.model_store import push_model
-    from include.paths import xac_home
-    from include.provenance.feature_data import FEATURE_REPO_DIR
     from include.storage import s3_client
 
-    repo = folder / "feature_repo"
-    shutil.rmtree(repo, ignore_errors=True)
-    shutil.copytree(FEATURE_REPO_DIR, repo, ignore=shutil.ignore_patterns("__pycache__"))
-    store_yaml = repo / "feature_store.yaml"
-    store_yaml.write_text(store_yaml.read_text().replace("${XAC_HOME}", str(xac_home())))
+    repo = write_postgres_repo(folder, SHARED_FEATURE_STORE)
     previous = os.environ.get("XAC_MODEL_STORE")
     os.environ["XAC_MODEL_STORE"] = model_store
     try:
@@ -813,10 +810,13 @@ class AirflowStack:
         except OSError:
             return ""
 
-    def replace_worker(self, name: str, timeout: float = 60.0) -> CeleryWorker:
+    def replace_worker(
+        self, name: str, timeout: float = 60.0, extra_env: dict[str, str] | None = None
+    ) -> CeleryWorker:
         """The machine of worker ``name`` dies (SIGKILL to its whole process group: the worker, its pool,
         the task and the explainer process it runs); a new one with an empty disk takes over its queue.
-        Returns the replacement (``worker-a2`` for ``worker-a``), once it answers a ping."""
+        ``extra_env`` is added to the new one's environment (e.g. a slow network to S3). Returns the
+        replacement (``worker-a2`` for ``worker-a``), once it answers a ping."""
         dead = next(w for w in self.workers if w.name == name)
         process = self.processes.pop(name)
         with contextlib.suppress(ProcessLookupError):
@@ -838,7 +838,7 @@ class AirflowStack:
         with open(self.log_dir / f"{fresh.name}.log", "ab") as log:
             self.processes[fresh.name] = subprocess.Popen(
                 fresh.command(),
-                env=fresh.environment(self.env),
+                env={**fresh.environment(self.env), **(extra_env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -66,7 +66,7 @@ def repo_objects() -> FeatureRepoObjects:
     return build_objects()
 
 
-def apply_feature_repo() -> None:
+def apply_feature_repo(repo: Path | None = None, objects: FeatureRepoObjects | None = None) -> None:
     """Register the repository's objects like ``feast apply`` does (idempotent).
 
     It runs Feast's own apply path (``apply_total_with_repo_instance``: plan, registry diff,
@@ -80,8 +80,8 @@ def apply_feature_repo() -> None:
     from feast.repo_contents import RepoContents
     from feast.repo_operations import apply_total_with_repo_instance
 
-    store = get_store(FEATURE_REPO_DIR)
-    objects = repo_objects()
+    store = get_store(repo or FEATURE_REPO_DIR)
+    objects = objects or repo_objects()
     contents = RepoContents(
         # The same Project the CLI would build from feature_store.yaml, so that a later
         # `feast plan` reports no change.

@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.data_source import DataSource
 from feast.types import Float32, String
 
 from examples.datasets import (
@@ -71,8 +72,9 @@ class FeatureRepoObjects:
         return [*self.entities, *self.feature_views, *self.feature_services]
 
 
-def build_objects(source_dir: Path | None = None) -> FeatureRepoObjects:
-    """Build the Feast objects whose batch sources are the Parquet files in ``source_dir``."""
+def build_objects(source_dir: Path | None = None, *, tables: bool = False) -> FeatureRepoObjects:
+    """Build the Feast objects whose batch sources are the Parquet files in ``source_dir``, or, with
+    ``tables``, PostgreSQL tables named after the views (the shared variant, :mod:`.postgres`)."""
     source_dir = (source_dir or sources_dir()).resolve()
 
     patient = Entity(
@@ -92,7 +94,19 @@ def build_objects(source_dir: Path | None = None) -> FeatureRepoObjects:
         tags={"pii": "false", "domain": "imaging"},
     )
 
-    def source(view: str, description: str) -> FileSource:
+    def source(view: str, description: str) -> DataSource:
+        if tables:
+            from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+                PostgreSQLSource,
+            )
+
+            return PostgreSQLSource(
+                name=f"{view}_source",
+                table=view,
+                timestamp_field=TIMESTAMP_FIELD,
+                description=description,
+                owner=OWNER,
+            )
         return FileSource(
             name=f"{view}_source",
             path=str(source_dir / SOURCE_FILES[view]),

@@ -4,13 +4,19 @@ Both sets are read with ``FeatureStore.get_historical_features`` at one retrieva
 (the run's "now"), so a feature row written after the run started, or older than its view's
 ttl, is never used. The feature service, its views and their sources are read from the Feast
 registry (the applied state), not from the definitions code.
+
+Besides the join, the stage reads each view's batch source for entity ids and event times (which
+ids exist, how old a joined row is) and its column names. A local file source is read as the
+Parquet file it is; any other source (PostgreSQL, BigQuery, Snowflake, a file in object storage...)
+through the repository's own offline store (``pull_all_from_table_or_query``) and the source's
+``get_table_column_names_and_types``, so a team's shared feature store works as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +25,7 @@ from include.provenance.feature_data import UnknownFeatureServiceError
 if TYPE_CHECKING:
     import pandas as pd
     from feast import FeatureService, FeatureStore, FeatureView
+    from feast.repo_config import RepoConfig
 
 __all__ = [
     "BACKGROUND_STRATEGIES",
@@ -55,6 +62,7 @@ class ViewSpec:
 
     view: FeatureView
     features: list[str]  # the service's projection of the view, in order
+    config: RepoConfig | None = None  # the repository's, for sources read through the offline store
 
     @property
     def name(self) -> str:
@@ -66,8 +74,62 @@ class ViewSpec:
         return self.view.ttl if self.view.ttl and self.view.ttl.total_seconds() > 0 else None
 
     @property
-    def source_path(self) -> Path:
-        return Path(self.view.batch_source.path)
+    def local_file(self) -> Path | None:
+        """The source's Parquet file (or folder) when it is one on this machine, else None."""
+        from feast import FileSource
+
+        source = self.view.batch_source
+        if isinstance(source, FileSource) and "://" not in source.path:
+            return Path(source.path)
+        return None
+
+    @property
+    def source_location(self) -> str:
+        """Where the source is, as its store names it: a path, a table or a query."""
+        source = self.view.batch_source
+        if isinstance(getattr(source, "path", None), str):
+            return source.path
+        return source.get_table_query_string()
+
+    def source_columns(self) -> list[str]:
+        if self.local_file is not None:
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(self.local_file).names)
+        return [name for name, _ in self.view.batch_source.get_table_column_names_and_types(self._config())]
+
+    def read_source(
+        self, entity_key: str, features: Sequence[str] = (), until: datetime | None = None
+    ) -> pd.DataFrame:
+        """The source's rows (at or before ``until``): the entity key, the event time, ``features``."""
+        import pandas as pd
+
+        columns = [entity_key, self.timestamp_field, *features]
+        if self.local_file is not None:
+            frame = pd.read_parquet(self.local_file, columns=columns)
+        else:
+            from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
+
+            config = self._config()
+            job = get_offline_store_from_config(config.offline_store).pull_all_from_table_or_query(
+                config=config,
+                data_source=self.view.batch_source,
+                join_key_columns=[entity_key],
+                feature_name_columns=list(features),
+                timestamp_field=self.timestamp_field,
+                start_date=datetime(1970, 1, 1, tzinfo=UTC),
+                end_date=until or datetime(2200, 1, 1, tzinfo=UTC),  # every row, as a file read gives
+            )
+            frame = job.to_df()[columns]
+            frame[self.timestamp_field] = pd.to_datetime(frame[self.timestamp_field], utc=True)
+        return frame if until is None else frame[frame[self.timestamp_field] <= until]
+
+    def _config(self) -> RepoConfig:
+        if self.config is None:
+            raise ValueError(
+                f"feature view {self.name!r}: its source is read through the repository's config"
+            )
+        return self.config
 
     @property
     def timestamp_field(self) -> str:
@@ -113,7 +175,7 @@ def service_spec(store: FeatureStore, feature_service: str) -> ServiceSpec:
     views: list[ViewSpec] = []
     for projection in service.feature_view_projections:
         view = store.get_feature_view(projection.name, allow_registry_cache=False)
-        views.append(ViewSpec(view=view, features=[f.name for f in projection.features]))
+        views.append(ViewSpec(view=view, features=[f.name for f in projection.features], config=store.config))
     keys = {tuple(v.view.join_keys) for v in views}
     entities = {tuple(v.view.entities) for v in views}
     if len(keys) != 1 or len(next(iter(keys))) != 1 or len(entities) != 1:
@@ -127,12 +189,6 @@ def service_spec(store: FeatureStore, feature_service: str) -> ServiceSpec:
     )
 
 
-def _source_columns(view: ViewSpec) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return list(pq.read_schema(view.source_path).names)
-
-
 def missing_source_features(spec: ServiceSpec) -> dict[str, list[str]]:
     """Features that a view's source file lacks, per view (only views with gaps).
 
@@ -142,10 +198,10 @@ def missing_source_features(spec: ServiceSpec) -> dict[str, list[str]]:
     """
     missing: dict[str, list[str]] = {}
     for view in spec.views:
-        columns = set(_source_columns(view))
+        columns = set(view.source_columns())
         for required in (spec.entity_key, view.timestamp_field):
             if required not in columns:
-                raise ValueError(f"source {view.source_path} of {view.name!r} has no column {required!r}")
+                raise ValueError(f"source {view.source_location} of {view.name!r} has no column {required!r}")
         gaps = [f for f in view.features if f not in columns]
         if gaps:
             missing[view.name] = gaps
@@ -161,7 +217,7 @@ def latest_event_times(spec: ServiceSpec, at: datetime) -> pd.Series:
 
     latest: pd.Series | None = None
     for view in spec.views:
-        frame = pd.read_parquet(view.source_path, columns=[spec.entity_key, view.timestamp_field])
+        frame = view.read_source(spec.entity_key)
         stamps = frame[view.timestamp_field].where(frame[view.timestamp_field] <= at)
         per_id = stamps.groupby(frame[spec.entity_key].astype(str)).max()
         latest = per_id if latest is None else pd.concat([latest, per_id], axis=1).max(axis=1)
@@ -273,8 +329,7 @@ def feature_ages(spec: ServiceSpec, ids: Sequence[str], at: datetime) -> pd.Data
 
     ages = pd.DataFrame(index=range(len(ids)))
     for view in spec.views:
-        frame = pd.read_parquet(view.source_path, columns=[spec.entity_key, view.timestamp_field])
-        frame = frame[frame[view.timestamp_field] <= at]
+        frame = view.read_source(spec.entity_key, until=at)
         newest = frame.groupby(frame[spec.entity_key].astype(str))[view.timestamp_field].max()
         picked = newest.reindex(list(ids))
         ages[view.age_column] = (pd.Timestamp(at) - picked).dt.total_seconds().to_numpy()

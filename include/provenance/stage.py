@@ -152,8 +152,10 @@ def _feature_view_record(
     for view_spec in spec.views:
         view = view_spec.view
         source = view.batch_source
-        path = Path(source.path)
-        digest = _sha256_source(path) if path.exists() else None
+        # A local Parquet source is pinned by its bytes; a table, a query or an object in another
+        # store is named as its store names it (its content is pinned by the retrieved frames).
+        path = view_spec.local_file
+        digest = _sha256_source(path) if path is not None and path.exists() else None
         record: dict[str, Any] = {
             "name": view.name,
             "description": view.description,
@@ -171,10 +173,10 @@ def _feature_view_record(
             "batch_source": {
                 "name": source.name,
                 "type": type(source).__name__,
-                "path": str(path),
+                "path": view_spec.source_location,
                 "timestamp_field": source.timestamp_field,
                 "sha256": digest,
-                "size_bytes": path.stat().st_size if path.is_file() else None,
+                "size_bytes": path.stat().st_size if path is not None and path.is_file() else None,
             },
         }
         if previous_digests is not None:

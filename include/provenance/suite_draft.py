@@ -42,13 +42,10 @@ def feature_dtypes(spec: ServiceSpec) -> list[tuple[str, str]]:
 
 def source_reference(spec: ServiceSpec) -> pd.DataFrame:
     """The latest row of each entity in every view's batch source, features side by side."""
-    import pandas as pd
 
     merged: pd.DataFrame | None = None
     for view in spec.views:
-        frame = pd.read_parquet(
-            view.source_path, columns=[spec.entity_key, view.timestamp_field, *view.features]
-        )
+        frame = view.read_source(spec.entity_key, view.features)
         frame = frame.sort_values(view.timestamp_field).drop_duplicates(spec.entity_key, keep="last")
         frame = frame.drop(columns=[view.timestamp_field])
         merged = frame if merged is None else merged.merge(frame, on=spec.entity_key, how="inner")

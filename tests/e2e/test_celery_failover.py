@@ -61,3 +61,61 @@ def test_a_task_of_a_killed_worker_is_retried_on_its_replacement(failover_stack:
         bundles[0].uri, public_key_pem=default_public_key_path().read_bytes(), s3_client=client
     )
     assert report.ok, report.problems
+
+
+def test_a_worker_killed_mid_publish_leaves_no_visible_half_bundle_and_the_retry_publishes_once(
+    failover_stack: Any, dag_runs: Any
+) -> None:
+    """Worker A reaches S3 over a slow link, so that ``publish_bundle`` (routed to A) is still
+    uploading when A's machine dies: the bundle's claim and some files are written, its signed
+    statement is not. Until the retry finishes, ``xac bundle list`` shows nothing of the run; the
+    retry on A's replacement resumes the bundle it staged, and the run has exactly one verified
+    bundle."""
+    from urllib.parse import urlsplit
+
+    from examples.datasets import tabular_frame
+    from include.compliance import list_bundles, verify_bundle
+    from include.configuration.layout import safe_key_part
+    from include.storage import default_public_key_path, s3_client
+    from tests.e2e.slow_proxy import slow_proxy
+
+    runs = dag_runs(failover_stack, DAG_ID)
+    runs.unpause()
+    client = s3_client()
+    current_a = next(w for w in failover_stack.workers if (w.queue_letter or w.letter) == "a")
+    upstream = urlsplit(failover_stack.env["S3_ENDPOINT_URL"]).port
+    with slow_proxy(int(upstream), delay=0.15) as port:
+        slow_a = failover_stack.replace_worker(
+            current_a.name, extra_env={"S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+        )
+        ids = [str(i) for i in tabular_frame()["patient_id"].tolist()[4:7]]
+        response = runs.trigger({"inference_ids": ids, "sample_budget": 200})
+        assert response.status_code == 200, response.text
+        run_id = response.json()["dag_run_id"]
+        suffix = f"/runs/{safe_key_part(run_id)}/"
+
+        def ours(include_incomplete: bool) -> list[Any]:
+            listed = list_bundles(client, "xac-explanations", include_incomplete=include_incomplete)
+            return [b for b in listed if b.uri.endswith(suffix)]
+
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not ours(include_incomplete=True):  # the publish has claimed its prefix
+            assert time.monotonic() < deadline, f"publish never started: {runs.failure_report(run_id)}"
+            time.sleep(0.2)
+        publish = next(ti for ti in runs.task_instances(run_id) if ti["task_id"] == "publish_bundle")
+        assert publish["state"] == "running" and publish["hostname"] == slow_a.hostname, publish
+        [partial] = ours(include_incomplete=True)
+        assert not partial.complete, "the publish finished before the worker could be killed"
+        replacement = failover_stack.replace_worker(slow_a.name)
+    assert ours(include_incomplete=False) == []  # a half-written bundle is never listed
+
+    final = runs.wait(run_id, RUN_TIMEOUT_S)
+    assert final["state"] == "success", runs.failure_report(run_id)
+    publish = next(ti for ti in runs.task_instances(run_id) if ti["task_id"] == "publish_bundle")
+    assert publish["try_number"] >= 2 and publish["hostname"] == replacement.hostname, publish
+    [bundle] = ours(include_incomplete=True)
+    assert bundle.complete
+    report = verify_bundle(
+        bundle.uri, public_key_pem=default_public_key_path().read_bytes(), s3_client=client, chain=True
+    )
+    assert report.ok, report.problems
