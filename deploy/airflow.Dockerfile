@@ -51,10 +51,12 @@ COPY --chown=airflow:0 plugins /opt/airflow/plugins
 # and the `xac` console script exists; --no-deps because step 2 installed every dependency.
 # XAC_HOME (/opt/airflow/xac) is a named volume in compose: a fresh volume copies this folder's
 # ownership, so the airflow user (and any AIRFLOW_UID in group 0) can write generated state there.
+# The same for /opt/airflow/feature_repo, where the Celery variant's xac-samples writes the shared
+# feature store's feature_store.yaml.
 RUN set -eux; \
     pip install --no-cache-dir --no-deps -e /opt/airflow; \
-    mkdir -p /opt/airflow/xac; \
-    chmod g+rwX /opt/airflow/xac; \
+    mkdir -p /opt/airflow/xac /opt/airflow/feature_repo; \
+    chmod g+rwX /opt/airflow/xac /opt/airflow/feature_repo; \
     xac --help > /dev/null; \
     python -c "import include.configuration, include.orchestration.pipeline"
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 
 def prepare_samples(force: bool = False) -> Iterator[str]:
@@ -30,6 +32,16 @@ def prepare_samples(force: bool = False) -> Iterator[str]:
         ensure_bucket(client, parse_s3_uri(remote_model_store() + "/")[0])
         for path in models.values():
             yield f"pushed {push_model(path.parent.parent.name, path.parent.name, client)}"
+    shared_features = os.environ.get("XAC_SAMPLES_FEATURE_DB")
+    if shared_features:  # a shared deployment's feature store: the repository on PostgreSQL
+        from examples.feature_repo.postgres import write_postgres_repo
+
+        repo = os.environ.get("XAC_FEATURE_REPO")
+        if not repo:
+            raise ValueError(
+                "XAC_SAMPLES_FEATURE_DB needs XAC_FEATURE_REPO: the folder to write the repository to"
+            )
+        yield f"shared feature store: {write_postgres_repo(Path(repo), shared_features)}"
     from examples.xgboost_model import train_xgboost_sample
 
     yield f"a team's own model (XGBoost, declared by its source): {train_xgboost_sample(force=force)}"

@@ -451,7 +451,7 @@ def shared_services_environment(folder: Path, model_store: str = SHARED_MODEL_ST
     from include.explainers.model_store import push_model
     from include.storage import s3_client
 
-    repo = write_postgres_repo(folder, SHARED_FEATURE_STORE)
+    repo = write_postgres_repo(folder / "feature_repo", SHARED_FEATURE_STORE)
     previous = os.environ.get("XAC_MODEL_STORE")
     os.environ["XAC_MODEL_STORE"] = model_store
     try:

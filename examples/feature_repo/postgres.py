@@ -5,9 +5,10 @@ worker's disk. This writes a feature repository whose SQL registry, offline stor
 tables) and online store are one PostgreSQL database, loads the sample sources into it and applies
 the sample objects, with the same public Feast mechanisms a team uses (``feast apply`` and
 ``feature_store.yaml``). The Celery tests point ``XAC_FEATURE_REPO`` at it
-(:func:`scripts.airflow_stack.shared_services_environment`).
+(:func:`scripts.airflow_stack.shared_services_environment`); the Compose Celery variant has
+``xac samples prepare`` write it (``XAC_SAMPLES_FEATURE_DB``, see examples/prepare.py).
 
-    python -m examples.feature_repo.postgres FOLDER postgresql://postgres@127.0.0.1:5432/xac_features
+    python -m examples.feature_repo.postgres REPO_DIR postgresql://postgres@127.0.0.1:5432/xac_features
 """
 
 from __future__ import annotations
@@ -69,9 +70,10 @@ def create_database(url: str) -> None:
     admin.dispose()
 
 
-def write_postgres_repo(folder: Path, url: str) -> Path:
-    """Write the repository under ``folder``, load the sample sources into ``url``'s database as
-    tables and apply the sample objects there; returns the repository folder (XAC_FEATURE_REPO)."""
+def write_postgres_repo(repo: Path, url: str) -> Path:
+    """Write the repository's ``feature_store.yaml`` into ``repo``, load the sample sources into
+    ``url``'s database as tables and apply the sample objects there (idempotent); returns ``repo``
+    (what XAC_FEATURE_REPO names)."""
     import sqlalchemy as sa
 
     from examples.feature_repo.data import apply_feature_repo, prepare_feature_data
@@ -79,7 +81,6 @@ def write_postgres_repo(folder: Path, url: str) -> Path:
 
     parts = urlsplit(url)
     create_database(url)
-    repo = folder / "feature_repo_postgres"
     repo.mkdir(parents=True, exist_ok=True)
     (repo / "feature_store.yaml").write_text(
         STORE_YAML.format(

@@ -1417,3 +1417,21 @@ def test_worker_check_rejects_shared_state_and_unscalable_workers(celery_doc: Do
     assert celery_worker_problems(_mutated(celery_doc, lambda d: d["services"].pop(CELERY_WORKER))) == [
         "no airflow-worker service"
     ]
+
+
+def test_celery_workers_share_the_feature_store_and_none_of_its_state(celery_doc: Doc) -> None:
+    """The Celery variant's feature store lives in PostgreSQL (written by xac-samples before any worker
+    starts); the workers see only its feature_store.yaml, read-only, through a config volume."""
+    all_services = services(celery_doc)
+    worker, samples = all_services[CELERY_WORKER], all_services["xac-samples"]
+    repo = environment(worker)["XAC_FEATURE_REPO"]
+    assert environment(samples)["XAC_FEATURE_REPO"] == repo
+    shared_db = urlsplit(environment(samples)["XAC_SAMPLES_FEATURE_DB"])
+    assert shared_db.hostname == "postgres" and shared_db.path == "/xac_features"
+    worker_mounts = {target: (kind, source) for kind, source, target in volume_entries(worker)}
+    sample_mounts = {target: (kind, source) for kind, source, target in volume_entries(samples)}
+    assert worker_mounts[repo] == sample_mounts[repo] == ("volume", "xac-feature-repo")
+    assert any(str(v).endswith(f"{repo}:ro") for v in worker["volumes"])
+    assert (
+        _depends_on(worker.get("depends_on"))["xac-samples"]["condition"] == "service_completed_successfully"
+    )

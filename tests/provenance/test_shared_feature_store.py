@@ -46,7 +46,7 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
         patch.setenv("XAC_HOME", str(home))
         prepare_feature_data()
         apply_feature_repo()
-        shared = write_postgres_repo(home, f"{POSTGRES}/{database}")
+        shared = write_postgres_repo(home / "feature_repo_postgres", f"{POSTGRES}/{database}")
         yield {"file": FEATURE_REPO_DIR, "postgres": shared}
     import sqlalchemy as sa
 
