@@ -44,15 +44,14 @@ def task_log_source(context: dict[str, Any]) -> Any:
             remote_base = remote if remote.startswith("s3://") else None
     except Exception:  # a worker with only the task SDK: the bundle then says no task logs were found
         folder = None
-    regexes: tuple[str, ...] = ()
-    fields = SENSITIVE_FIELDS
-    try:  # what Airflow's masker of this task process holds (connections and variables it fetched)
-        from airflow.sdk._shared.secrets_masker import _secrets_masker
-
-        regexes = tuple(_secrets_masker().patterns)
-        fields = frozenset(_secrets_masker().sensitive_variables_fields) or SENSITIVE_FIELDS
-    except Exception:
-        pass
+    try:  # Airflow's masker of this task process (every connection and variable it fetched)
+        from airflow.sdk.log import redact
+    except ImportError as exc:  # never bundle logs without it: that would silently weaken redaction
+        raise RuntimeError(
+            f"Airflow's public masking API (airflow.sdk.log.redact) is missing ({exc}): the task logs "
+            "cannot be redacted for the bundle"
+        ) from None
+    fields = SENSITIVE_FIELDS | _configured_sensitive_fields()
     ti = context["ti"]
     return TaskLogSource(
         base_log_folder=Path(folder) if folder else None,
@@ -61,10 +60,21 @@ def task_log_source(context: dict[str, Any]) -> Any:
         current_task_id=ti.task_id,
         current_try=ti.try_number,
         secrets=tuple(secrets_from_environment(os.environ, fields)),
-        secret_regexes=regexes,
         sensitive_fields=fields,
+        mask=lambda text: str(redact(text)),
         remote_base=remote_base,
     )
+
+
+def _configured_sensitive_fields() -> frozenset[str]:
+    """``[core] sensitive_var_conn_names``: the names a deployment adds to Airflow's sensitive fields."""
+    try:
+        from airflow.configuration import conf
+
+        raw = conf.get("core", "sensitive_var_conn_names", fallback="") or ""
+    except ImportError:
+        return frozenset()
+    return frozenset(name.strip().lower() for name in raw.split(",") if name.strip())
 
 
 def fail_on_stage_error(func: Any, *args: Any, **kwargs: Any) -> Any:

@@ -176,8 +176,10 @@ class Redactor:
     """Replaces known secret values and secret-shaped text by ``***``; counts what it replaced.
 
     ``secrets`` are literal values; ``secret_regexes`` are regular expressions that each match one
-    secret (Airflow's masker keeps ``re.escape(value)`` strings). Values shorter than ``min_length`` or
-    equal to ``airflow`` are ignored, as Airflow's masker ignores them.
+    secret. ``mask`` is a masking function applied first (in a task: Airflow's public
+    ``airflow.sdk.log.redact``, which knows every connection and variable the task process fetched);
+    what it replaces counts as known secrets. Values shorter than ``min_length`` or equal to
+    ``airflow`` are ignored, as Airflow's masker ignores them.
     """
 
     def __init__(
@@ -188,7 +190,9 @@ class Redactor:
         sensitive_fields: Iterable[str] = SENSITIVE_FIELDS,
         patterns: Iterable[RedactionPattern] | None = None,
         min_length: int = MIN_SECRET_LENGTH,
+        mask: Callable[[str], str] | None = None,
     ) -> None:
+        self.mask = mask
         alternatives: set[str] = set()
         for secret in secrets:
             if not isinstance(secret, str) or len(secret) < min_length or secret.lower() == "airflow":
@@ -208,6 +212,11 @@ class Redactor:
 
     def redact(self, text: str) -> tuple[str, Counter[str]]:
         counts: Counter[str] = Counter()
+        if self.mask is not None:
+            before = text.count(REDACTED)
+            text = str(self.mask(text))
+            if text.count(REDACTED) > before:
+                counts[KNOWN_SECRET] += text.count(REDACTED) - before
         if self._known is not None:
             text, n = self._known.subn(REDACTED, text)
             if n:
@@ -312,13 +321,17 @@ class TaskLogSource:
     secrets: tuple[str, ...] = ()
     secret_regexes: tuple[str, ...] = ()
     sensitive_fields: frozenset[str] = SENSITIVE_FIELDS
+    mask: Callable[[str], str] | None = None  # Airflow's masker, through its public redact()
     # ``[logging] remote_base_log_folder`` when remote logging to S3 is on: every finished attempt of
     # every task is there, whichever worker ran it (the local folder holds only this worker's).
     remote_base: str | None = None
 
     def redactor(self) -> Redactor:
         return Redactor(
-            self.secrets, secret_regexes=self.secret_regexes, sensitive_fields=self.sensitive_fields
+            self.secrets,
+            secret_regexes=self.secret_regexes,
+            sensitive_fields=self.sensitive_fields,
+            mask=self.mask,
         )
 
 

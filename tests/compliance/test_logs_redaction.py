@@ -104,17 +104,36 @@ def test_known_secret_values_in_every_form_a_log_holds_them() -> None:
     assert "abc and airflow are too short" in redacted
 
 
-def test_airflow_masker_patterns_are_honoured() -> None:
-    from airflow.sdk._shared.secrets_masker import SecretsMasker
+def test_airflow_masker_is_applied_through_its_public_redact() -> None:
+    """The task's masker (airflow.sdk.log.redact, public) replaces what Airflow knows is secret: a
+    connection's password the task fetched, a value masked with mask_secret; both count."""
+    from airflow.sdk.log import mask_secret, redact
 
-    masker = SecretsMasker()
-    masker.sensitive_variables_fields = ["password", "api_key"]
-    masker.hide_sensitive_var_conn_fields = True
-    masker.add_mask({"password": CONN_PASSWORD, "api_key": "k-1234567890", "host": "db.internal"})
-    redactor = Redactor(secret_regexes=masker.patterns, sensitive_fields=masker.sensitive_variables_fields)
+    mask_secret(CONN_PASSWORD)
+    mask_secret("k-1234567890")
+    redactor = Redactor(mask=lambda text: str(redact(text)))
     redacted, counts = redactor.redact(f"login {CONN_PASSWORD} key k-1234567890 at db.internal")
     assert redacted == f"login {REDACTED} key {REDACTED} at db.internal"
     assert counts["known_secret"] == 2
+
+
+def test_the_task_log_source_refuses_to_bundle_without_airflows_masker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import builtins
+
+    from include.adapters.tasks import task_log_source
+
+    real_import = builtins.__import__
+
+    def no_sdk_log(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "airflow.sdk.log":
+            raise ImportError("no module named airflow.sdk.log")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sdk_log)
+    with pytest.raises(RuntimeError, match=r"public masking API \(airflow.sdk.log.redact\) is missing"):
+        task_log_source({"ti": object()})
 
 
 def test_secrets_from_environment() -> None:
