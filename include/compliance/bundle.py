@@ -117,6 +117,10 @@ class Manifest:
     run: dict[str, Any]
     created_at: str
     previous_bundle: dict[str, str] | None = None
+    # Where the bundle is published, signed with it: a copy found anywhere else does not verify
+    # there. ``s3://bucket/prefix/`` (the prefix without its trailing slash is what is compared).
+    # Absent in bundles made before it existed.
+    location: str | None = None
     format: str = FORMAT_VERSION
     # Raw bytes as read/written, so digests are computed over exactly what is on disk or in S3.
     raw: bytes = field(default=b"", repr=False, compare=False)
@@ -129,6 +133,7 @@ class Manifest:
             "files": [entry.to_dict() for entry in self.files],
             "run": self.run,
             "previous_bundle": self.previous_bundle,
+            **({"location": self.location} if self.location is not None else {}),
         }
 
     def to_json(self) -> bytes:
@@ -184,6 +189,9 @@ class Manifest:
             raise ManifestError(
                 f"{MANIFEST_NAME}: previous_bundle must be null or {{uri, bundle_id}} strings"
             )
+        location = doc.get("location")
+        if location is not None and not (isinstance(location, str) and location.startswith("s3://")):
+            raise ManifestError(f"{MANIFEST_NAME}: location must be null or an s3:// URI")
         raw_files = doc.get("files")
         if not isinstance(raw_files, list):
             raise ManifestError(f"{MANIFEST_NAME}: files missing or not a list")
@@ -206,6 +214,7 @@ class Manifest:
             run=run,
             created_at=created_at,
             previous_bundle=previous,
+            location=location,
             format=fmt,
         )
 
@@ -288,8 +297,12 @@ def build_bundle(
     signer: Signer,
     previous: dict[str, str] | None = None,
     created_at: datetime | None = None,
+    location: str | None = None,
 ) -> Manifest:
     """Write manifest.json and statement.dsse.json into ``staging_dir`` and return the manifest.
+
+    ``location`` (``s3://bucket/prefix/``) is where the bundle will be published: signed with it, so
+    that a copy elsewhere fails verification there.
 
     ``run`` is the caller's JSON dict (dag_id, run_id, model, version, config digest, git commit...);
     ``previous`` is the hash-chain link ``{"uri", "bundle_id"}`` of the model's previous bundle.
@@ -324,6 +337,7 @@ def build_bundle(
         run=run,
         created_at=stamp,
         previous_bundle=dict(previous) if previous else None,
+        location=location,
     )
     manifest.raw = manifest.to_json()
 

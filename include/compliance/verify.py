@@ -515,6 +515,10 @@ def _verify_s3(
         report.problems.extend(exc.problems)
         return report, None
     manifest = _check_signed_manifest(manifest_raw, statement_raw, keyring, report)
+    if manifest is not None and manifest.location is not None and not same_location(manifest.location, uri):
+        report.problems.append(
+            f"{uri}: this bundle was signed for {manifest.location}; a copy found anywhere else is not it"
+        )
     if manifest is not None:
         report.files_checked, report.bytes_checked = _check_s3_files(
             s3_client,
@@ -567,7 +571,21 @@ def _chain_problems(s3_client: Any, manifest: Manifest) -> list[str]:
             f"chain broken: the previous bundle {link['uri']} is {previous.bundle_id}, "
             f"but this bundle was signed after {link['bundle_id']} (replaced?)"
         ]
+    if previous.location is not None and not same_location(previous.location, link["uri"]):
+        return [
+            f"chain broken: the previous bundle at {link['uri']} was signed for {previous.location} (a copy)"
+        ]
     return []
+
+
+def same_location(signed: str, found: str) -> bool:
+    """Whether two ``s3://bucket/prefix`` URIs name the same bundle (trailing slashes aside)."""
+    from include.compliance.store import parse_s3_uri
+
+    try:
+        return parse_s3_uri(signed) == parse_s3_uri(found)
+    except ValueError:
+        return False
 
 
 def _walk_chain(

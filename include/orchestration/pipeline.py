@@ -781,7 +781,13 @@ def publish_step(
             },
         }
         render_report(bundle_dir, run=record, retention=retention_result)
-        manifest = build_bundle(bundle_dir, run=record, signer=signer, previous=gate.get("previous_bundle"))
+        manifest = build_bundle(
+            bundle_dir,
+            run=record,
+            signer=signer,
+            previous=gate.get("previous_bundle"),
+            location=bundle_uri(run.bucket, run.bundle_prefix),
+        )
         # Staged before the first write-once object: a retry on any worker resumes this very bundle.
         staging.put_archive(SIGNED_BUNDLE, bundle_dir)
         uri = _upload_bundle(run, loaded, bundle_dir, s3_client=s3_client, signer=signer, lock=lock)

@@ -101,10 +101,13 @@ def staged(tmp_path: Path, signer: Any) -> Callable[..., tuple[Path, Manifest]]:
         run: dict[str, Any] | None = None,
         big_bytes: int = 0,
         previous: dict[str, str] | None = None,
+        location: str | None = None,
     ) -> tuple[Path, Manifest]:
         staging = tmp_path / name
         write_sample_files(staging, seed=seed, big_bytes=big_bytes)
-        manifest = build_bundle(staging, run=run or sample_run(), signer=signer, previous=previous)
+        manifest = build_bundle(
+            staging, run=run or sample_run(), signer=signer, previous=previous, location=location
+        )
         return staging, manifest
 
     return _make
