@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 STORE_YAML = """\
 # The samples' feature repository on PostgreSQL (examples/feature_repo/postgres.py).
@@ -24,9 +24,9 @@ project_description: Explainability-as-Code sample models (shared on PostgreSQL)
 provider: local
 registry:
   registry_type: sql
-  path: postgresql+psycopg://{user}@{host}:{port}/{database}
+  path: {registry}
   cache_ttl_seconds: 60
-offline_store:
+offline_store: &database  # the online store is the same database
   type: postgres
   host: {host}
   port: {port}
@@ -35,15 +35,7 @@ offline_store:
   user: {user}
   password: "{password}"
   sslmode: {sslmode}
-online_store:
-  type: postgres
-  host: {host}
-  port: {port}
-  database: {database}
-  db_schema: public
-  user: {user}
-  password: "{password}"
-  sslmode: {sslmode}
+online_store: *database
 entity_key_serialization_version: 3
 auth:
   type: no_auth
@@ -53,7 +45,8 @@ auth:
 def _engine_url(url: str, database: str | None = None) -> str:
     """``url`` for SQLAlchemy's psycopg (3) driver, on ``database`` when given."""
     parts = urlsplit(url)
-    return f"postgresql+psycopg://{parts.netloc}/{database or parts.path.lstrip('/')}"
+    query = f"?{parts.query}" if parts.query else ""
+    return f"postgresql+psycopg://{parts.netloc}/{database or parts.path.lstrip('/')}{query}"
 
 
 def create_database(url: str) -> None:
@@ -84,13 +77,14 @@ def write_postgres_repo(repo: Path, url: str) -> Path:
     repo.mkdir(parents=True, exist_ok=True)
     (repo / "feature_store.yaml").write_text(
         STORE_YAML.format(
+            registry=_engine_url(url),
             user=parts.username or "postgres",
             password=parts.password or "",
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 5432,
             database=parts.path.lstrip("/"),
-            # a loopback server speaks no TLS; anything else is required to
-            sslmode="disable" if parts.hostname in ("127.0.0.1", "localhost", "::1") else "require",
+            # TLS when the server offers it (Feast's own default would require it): ?sslmode= overrides
+            sslmode=parse_qs(parts.query).get("sslmode", ["prefer"])[0],
         )
     )
     import pandas as pd
