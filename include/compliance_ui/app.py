@@ -255,11 +255,11 @@ def render_page(
 def _flagged_note(flagged: int) -> str:
     if not flagged:
         return ""
+    locations, were, them = ("locations", "were", "them") if flagged != 1 else ("location", "was", "it")
     return (
-        f'<p class="flagged status bad" data-flagged="{flagged}">{flagged} bundle location'
-        f"{'s' if flagged != 1 else ''} could not be read (a manifest that is oversized, nested too "
-        "deeply or not a manifest) and {'were' if flagged != 1 else 'was'} skipped. An administrator "
-        "finds {'them' if flagged != 1 else 'it'} with <code>xac bundle list --include-incomplete</code>.</p>"
+        f'<p class="flagged status bad" data-flagged="{flagged}">{flagged} bundle {locations} could not '
+        f"be read (a manifest that is oversized, nested too deeply or not a manifest) and {were} skipped. "
+        f"An administrator finds {them} with <code>xac bundle list --include-incomplete</code>.</p>"
     )
 
 

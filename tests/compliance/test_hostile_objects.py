@@ -74,6 +74,7 @@ def test_the_page_shows_the_real_bundles_and_counts_the_flagged(
         group_by_model(catalog.rows), {}, user="u", has_key=False, key_note="", flagged=len(catalog.flagged)
     )
     assert 'data-flagged="2"' in html and html.count('class="bundle"') == 2
+    assert "2 bundle locations could not be read" in html and "were skipped" in html
     assert "m/1/deep" not in html  # a flagged location names no DAG: it is counted, not shown
 
 
