@@ -7,7 +7,7 @@ registry (the applied state), not from the definitions code.
 
 Besides the join, the stage reads each view's batch source for entity ids and event times (which
 ids exist, how old a joined row is) and its column names. A local file source is read as the
-Parquet file it is; any other source (PostgreSQL, BigQuery, Snowflake, a file in object storage...)
+Parquet file it is; any other source (a table or query of PostgreSQL, BigQuery, Snowflake...)
 through the repository's own offline store (``pull_all_from_table_or_query``) and the source's
 ``get_table_column_names_and_types``, so a team's shared feature store works as it is.
 """
@@ -62,7 +62,7 @@ class ViewSpec:
 
     view: FeatureView
     features: list[str]  # the service's projection of the view, in order
-    config: RepoConfig | None = None  # the repository's, for sources read through the offline store
+    config: RepoConfig  # the repository's: a source other than a local file is read through it
 
     @property
     def name(self) -> str:
@@ -96,7 +96,7 @@ class ViewSpec:
             import pyarrow.parquet as pq
 
             return list(pq.read_schema(self.local_file).names)
-        return [name for name, _ in self.view.batch_source.get_table_column_names_and_types(self._config())]
+        return [name for name, _ in self.view.batch_source.get_table_column_names_and_types(self.config)]
 
     def read_source(
         self, entity_key: str, features: Sequence[str] = (), until: datetime | None = None
@@ -108,28 +108,28 @@ class ViewSpec:
         if self.local_file is not None:
             frame = pd.read_parquet(self.local_file, columns=columns)
         else:
-            from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
-
-            config = self._config()
-            job = get_offline_store_from_config(config.offline_store).pull_all_from_table_or_query(
-                config=config,
-                data_source=self.view.batch_source,
-                join_key_columns=[entity_key],
-                feature_name_columns=list(features),
-                timestamp_field=self.timestamp_field,
-                start_date=datetime(1970, 1, 1, tzinfo=UTC),
-                end_date=until or datetime(2200, 1, 1, tzinfo=UTC),  # every row, as a file read gives
-            )
-            frame = job.to_df()[columns]
-            frame[self.timestamp_field] = pd.to_datetime(frame[self.timestamp_field], utc=True)
+            frame = self._pull(entity_key, features, until)[columns]
+        # one cut-off for every store, whichever way its own end_date filter treats the bound
         return frame if until is None else frame[frame[self.timestamp_field] <= until]
 
-    def _config(self) -> RepoConfig:
-        if self.config is None:
-            raise ValueError(
-                f"feature view {self.name!r}: its source is read through the repository's config"
-            )
-        return self.config
+    def _pull(self, entity_key: str, features: Sequence[str], until: datetime | None) -> pd.DataFrame:
+        """The rows of a non-file source, through the repository's offline store."""
+        import pandas as pd
+        from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
+
+        store = get_offline_store_from_config(self.config.offline_store)
+        job = store.pull_all_from_table_or_query(
+            config=self.config,
+            data_source=self.view.batch_source,
+            join_key_columns=[entity_key],
+            feature_name_columns=list(features),
+            timestamp_field=self.timestamp_field,
+            start_date=datetime(1970, 1, 1, tzinfo=UTC),
+            end_date=until or datetime(2200, 1, 1, tzinfo=UTC),  # every row, as a file read gives
+        )
+        frame = job.to_df()
+        frame[self.timestamp_field] = pd.to_datetime(frame[self.timestamp_field], utc=True)
+        return frame
 
     @property
     def timestamp_field(self) -> str:
