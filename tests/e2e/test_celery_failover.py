@@ -23,8 +23,9 @@ DAG_ID = "diagnosis-risk-kernelshap"
 RUN_TIMEOUT_S = 600.0
 
 
-def _explain_attempt(runs: Any, run_id: str) -> dict[str, Any] | None:
-    return next((ti for ti in runs.task_instances(run_id) if ti["task_id"] == "explain"), None)
+def _attempt(runs: Any, run_id: str, task_id: str) -> dict[str, Any] | None:
+    """The run's task instance of ``task_id`` (its latest try), if the scheduler made one yet."""
+    return next((ti for ti in runs.task_instances(run_id) if ti["task_id"] == task_id), None)
 
 
 def test_a_task_of_a_killed_worker_is_retried_on_its_replacement(failover_stack: Any, dag_runs: Any) -> None:
@@ -40,7 +41,7 @@ def test_a_task_of_a_killed_worker_is_retried_on_its_replacement(failover_stack:
     run_id = response.json()["dag_run_id"]
 
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while (attempt := _explain_attempt(runs, run_id)) is None or attempt["state"] != "running":
+    while (attempt := _attempt(runs, run_id, "explain")) is None or attempt["state"] != "running":
         assert time.monotonic() < deadline, f"explain never ran: {runs.failure_report(run_id)}"
         time.sleep(0.5)
     first_host = attempt["hostname"]
@@ -50,7 +51,7 @@ def test_a_task_of_a_killed_worker_is_retried_on_its_replacement(failover_stack:
 
     final = runs.wait(run_id, RUN_TIMEOUT_S)
     assert final["state"] == "success", runs.failure_report(run_id)
-    explain = _explain_attempt(runs, run_id)
+    explain = _attempt(runs, run_id, "explain")
     assert explain is not None and explain["try_number"] >= 2, explain
     assert explain["hostname"] == replacement.hostname != first_host
 
@@ -102,8 +103,10 @@ def test_a_worker_killed_mid_publish_leaves_no_visible_half_bundle_and_the_retry
         while not ours(include_incomplete=True):  # the publish has claimed its prefix
             assert time.monotonic() < deadline, f"publish never started: {runs.failure_report(run_id)}"
             time.sleep(0.2)
-        publish = next(ti for ti in runs.task_instances(run_id) if ti["task_id"] == "publish_bundle")
-        assert publish["state"] == "running" and publish["hostname"] == slow_a.hostname, publish
+        publish = _attempt(runs, run_id, "publish_bundle")
+        assert (
+            publish is not None and publish["state"] == "running" and publish["hostname"] == slow_a.hostname
+        ), publish
         [partial] = ours(include_incomplete=True)
         assert not partial.complete, "the publish finished before the worker could be killed"
         replacement = failover_stack.replace_worker(slow_a.name)
@@ -111,8 +114,10 @@ def test_a_worker_killed_mid_publish_leaves_no_visible_half_bundle_and_the_retry
 
     final = runs.wait(run_id, RUN_TIMEOUT_S)
     assert final["state"] == "success", runs.failure_report(run_id)
-    publish = next(ti for ti in runs.task_instances(run_id) if ti["task_id"] == "publish_bundle")
-    assert publish["try_number"] >= 2 and publish["hostname"] == replacement.hostname, publish
+    publish = _attempt(runs, run_id, "publish_bundle")
+    assert (
+        publish is not None and publish["try_number"] >= 2 and publish["hostname"] == replacement.hostname
+    ), publish
     [bundle] = ours(include_incomplete=True)
     assert bundle.complete
     report = verify_bundle(

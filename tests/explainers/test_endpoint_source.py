@@ -206,6 +206,15 @@ def test_headers_reach_the_server_and_secrets_stay_off_the_command_line(
         _headers(LoadOptions(headers=("Authorization: env:MISSING_TOKEN",)))
 
 
+def _catalogue(tmp_path: Path, source: str) -> Path:
+    catalogue = tmp_path / "models.yaml"
+    catalogue.write_text(
+        f"models:\n  risk-served:\n    source: {source}\n    defaultVersion: '1'\n"
+        "    featureService: risk_features\n    entity: patient\n"
+    )
+    return catalogue
+
+
 def test_a_configs_inference_service_ref_names_the_endpoint(
     classifier: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,12 +230,7 @@ def test_a_configs_inference_service_ref_names_the_endpoint(
     )
     assert inference_service_url("risk", "ai") == "http://risk.ai.svc.cluster.local/v2/models/risk"
     model, _ = classifier
-    catalogue = tmp_path / "models.yaml"
-    catalogue.write_text(
-        "models:\n  risk-served:\n    source: {type: oip, output: predict_proba}\n    defaultVersion: '1'\n"
-        "    featureService: risk_features\n    entity: patient\n"
-    )
-    monkeypatch.setenv("XAC_MODEL_CATALOGUE", str(catalogue))
+    monkeypatch.setenv("XAC_MODEL_CATALOGUE", str(_catalogue(tmp_path, "{type: oip, output: predict_proba}")))
     config = tmp_path / "risk.yaml"
     config.write_text(
         "apiVersion: ai.apexlogic.com/v1alpha1\nkind: ExplainerConfiguration\n"
@@ -256,15 +260,6 @@ def test_a_configs_inference_service_ref_names_the_endpoint(
     doc = json.loads(next((tmp_path / "out" / "explanations").glob("*.json")).read_text())
     assert doc["model"]["source"]["uri"] == server.url and doc["model"]["name"] == "risk-served"
     assert doc["model"]["task"] == "binary"
-
-
-def _catalogue(tmp_path: Path, source: str) -> Path:
-    catalogue = tmp_path / "models.yaml"
-    catalogue.write_text(
-        f"models:\n  risk-served:\n    source: {source}\n    defaultVersion: '1'\n"
-        "    featureService: risk_features\n    entity: patient\n"
-    )
-    return catalogue
 
 
 def test_an_airflow_connection_gives_the_endpoint_its_url_and_credentials(
